@@ -1,0 +1,1 @@
+"""Built-in channel adapters, each registered through the `omnihub.adapters` entry points."""

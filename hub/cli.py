@@ -1,0 +1,136 @@
+"""The `omnihub` command line (typer)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import Annotated
+
+import typer
+
+from hub.config import Settings, load_settings
+from hub.errors import ConfigError
+from hub.logs import setup_logging
+from hub.runtime import Hub
+
+cli = typer.Typer(help="omnihub: one customer, one conversation, every channel.",
+                  no_args_is_help=True, add_completion=False)
+keys_cli = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+
+ConfigOption = Annotated[str | None, typer.Option("--config", help="Path to omnihub.toml.")]
+
+
+def _settings(config: str | None) -> Settings:
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="configuration") from None
+    setup_logging(settings.log_level)
+    return settings
+
+
+@contextlib.contextmanager
+def _storage(settings: Settings) -> Iterator[Hub]:
+    """A hub with storage open, reusing the servers of a running `omnihub serve`."""
+    hub = Hub(settings)
+    try:
+        hub.open_servers()
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        yield hub
+    finally:
+        asyncio.run(hub.close())
+
+
+@cli.command()
+def serve(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+          config: ConfigOption = None,
+          worker: Annotated[bool, typer.Option(help="Run a job worker in-process.")] = True) -> None:
+    """Run the HTTP app (and a worker), starting embedded servers when none are configured."""
+    import uvicorn
+
+    from hub.app import create_app
+
+    settings = _settings(config)
+    hub = Hub(settings)
+    try:
+        hub.load_plugins()
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"omnihub listening on http://{host}:{port} (data in {settings.data_dir})")
+    uvicorn.run(create_app(settings, run_worker=worker), host=host, port=port, log_level="warning")
+
+
+@cli.command("worker")
+def worker_command(config: ConfigOption = None,
+                   burst: Annotated[bool, typer.Option(help="Exit when the queue is empty.")]
+                   = False) -> None:
+    """Run background job workers only (production: many of them on shared Redis)."""
+    from hub.jobs import make_worker
+
+    settings = _settings(config)
+
+    async def run() -> None:
+        hub = Hub(settings)
+        try:
+            await hub.start()
+        except ConfigError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        try:
+            await make_worker(hub, burst=burst).async_run()
+        finally:
+            await hub.close()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+@cli.command("plugins")
+def plugins_command(config: ConfigOption = None) -> None:
+    """List adapters and plugins: name, kind, distribution and version, status."""
+    settings = _settings(config)
+    hub = Hub(settings)
+    hub.plugins.load_entry_points()
+    for info in hub.plugins.infos:
+        typer.echo(f"{info.name}\t{info.kind}\t{info.distribution} {info.version}\t{info.status}")
+
+
+@keys_cli.command("create")
+def keys_create(role: Annotated[str, typer.Option(help="admin, agent, marketer or app.")],
+                name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+                config: ConfigOption = None) -> None:
+    """Create an API key; the key alone is printed on the last line."""
+    from hub.auth import create_key
+    from hub.models import ROLES
+
+    if role not in ROLES:
+        raise typer.BadParameter(f"choose one of {', '.join(ROLES)}", param_hint="--role")
+    settings = _settings(config)
+    with _storage(settings):
+        key = create_key(role, name)
+    typer.echo(f"Created a {role} key. It is shown once; store it now:", err=False)
+    typer.echo(key)
+
+
+@cli.command()
+def demo(config: ConfigOption = None) -> None:
+    """Seed a demo customer and walk them through a conversation, printing what agents see."""
+    from hub.demo import run_demo
+
+    settings = _settings(config)
+    asyncio.run(run_demo(settings))
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Every omnihub hook, in one place.
+
+Implementations may accept fewer arguments than the specification, so a later argument
+breaks no plugin. Registration hooks are synchronous; event hooks may be `async def` and
+are awaited by the hub, each implementation isolated: one that raises is logged with its
+plugin's name and the others still run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from hub.adapter import Adapter
+    from hub.models import Conversation, Message
+    from scrm.models import Customer
+
+hookspec = pluggy.HookspecMarker("omnihub")
+
+
+# ---- registration (at start-up, synchronous) ----------------------------------------------
+
+@hookspec
+def register_adapters(register: Callable[[Adapter], None]) -> None:
+    """Call `register(adapter)` for each channel adapter this plugin provides.
+
+    Two adapters with the same name stop start-up with an error.
+    """
+
+
+# ---- events (in the follow-up job, after the message is stored) --------------------------
+
+@hookspec
+def message_received(message: Message, customer: Customer, conversation: Conversation,
+                     settings: Any) -> None:
+    """An inbound message was stored. Called once per message, in the background job.
+
+    May be `async def`. Return values are ignored.
+    """
+
+
+@hookspec
+def conversation_opened(conversation: Conversation, customer: Customer,
+                        message: Message) -> None:
+    """A new conversation was opened (or a resolved one reopened) by `message`.
+
+    May be `async def`. Called before `message_received` for the same message.
+    """
+
+
+@hookspec
+def message_status_changed(message: Message, old_status: str, new_status: str) -> None:
+    """An outbound message moved on: queued → sent → delivered/read, or → failed.
+
+    May be `async def`. Return values are ignored.
+    """

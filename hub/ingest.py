@@ -1,0 +1,125 @@
+"""The one ingest path every channel goes through (DESIGN.md §1).
+
+Synchronous on purpose: mongoengine/pymongo are blocking, so the web layer runs `ingest`
+in a worker thread. Known customers cost four round trips: duplicate check, identity,
+conversation, insert.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+from bson import ObjectId
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from hub.adapter import Account, InboundEvent, IngestResult
+from hub.errors import NotFound
+from hub.models import Conversation, Message
+from scrm.identities import resolve_customer
+from scrm.models import utcnow
+
+STATUS_ORDER = {"queued": 0, "sent": 1, "delivered": 2, "read": 3}
+
+
+@dataclasses.dataclass(frozen=True)
+class Stored:
+    result: IngestResult
+    opened_conversation: bool = False
+    status_change: tuple[str, str] | None = None  # receipts: (old, new) when it moved
+
+
+def ingest(event: InboundEvent, account: Account, reopen_days: float = 7.0) -> Stored:
+    """Store one inbound event durably and say whether it was new."""
+    if event.is_receipt:
+        return apply_receipt(event, account)
+    messages = Message._get_collection()
+    key = {"direction": "in", "adapter": account.adapter.name, "account": account.name,
+           "external_id": event.external_id}
+    existing = messages.find_one(key, {"customer_id": 1, "conversation_id": 1})
+    if existing:
+        return Stored(_duplicate(existing))
+
+    customer_id, _ = resolve_customer(account.adapter.name, account.name,
+                                      event.external_user_id, event.display_name)
+    conversation_id, opened = continue_conversation(customer_id, account, reopen_days)
+    now = utcnow()
+    doc = Message(
+        direction="in", adapter=account.adapter.name, account=account.name,
+        external_id=event.external_id, external_user_id=event.external_user_id,
+        customer_id=customer_id, conversation_id=conversation_id, kind=event.kind,
+        text=event.text, attachments=[dataclasses.asdict(a) for a in event.attachments],
+        location=event.location or {}, event=event.event or {}, context=event.context,
+        raw=event.raw, status="received", created_at=now, sent_at=event.sent_at or now,
+        updated_at=now,
+    )
+    doc.validate()
+    try:
+        inserted = messages.insert_one(doc.to_mongo())
+    except DuplicateKeyError:  # a concurrent retry of the same delivery got there first
+        return Stored(_duplicate(messages.find_one(key)))
+    return Stored(IngestResult(str(inserted.inserted_id), False, str(customer_id),
+                               str(conversation_id)), opened)
+
+
+def _duplicate(doc: dict) -> IngestResult:
+    return IngestResult(str(doc["_id"]), True, str(doc["customer_id"]),
+                        str(doc["conversation_id"]))
+
+
+def continue_conversation(customer_id: ObjectId, account: Account,
+                          reopen_days: float) -> tuple[ObjectId, bool]:
+    """Return `(conversation_id, opened)`: the active one, a recently resolved one reopened,
+    or a new one. The partial unique index settles races between concurrent first messages.
+    """
+    conversations = Conversation._get_collection()
+    route = {"adapter": account.adapter.name, "account": account.name}
+    for _ in range(5):
+        now = utcnow()
+        touch = {"$set": {"last_inbound": route, "last_message_at": now, "updated_at": now},
+                 "$addToSet": {"channels": route}}
+        doc = conversations.find_one_and_update(
+            {"customer_id": customer_id, "active": True}, touch, projection={"_id": 1})
+        if doc:
+            return doc["_id"], False
+        try:
+            reopened = conversations.find_one_and_update(
+                {"customer_id": customer_id, "active": False, "status": "resolved",
+                 "resolved_at": {"$gte": now - timedelta(days=reopen_days)}},
+                {**touch, "$set": {**touch["$set"], "status": "open", "active": True},
+                 "$unset": {"resolved_at": ""}},
+                sort=[("resolved_at", -1)], projection={"_id": 1},
+                return_document=ReturnDocument.AFTER)
+            if reopened:
+                return reopened["_id"], True
+            new = Conversation(customer_id=customer_id, status="open", active=True,
+                               last_inbound=route, channels=[route], created_at=now,
+                               updated_at=now, last_message_at=now)
+            inserted = conversations.insert_one(new.to_mongo())
+            return inserted.inserted_id, True
+        except DuplicateKeyError:  # another message opened one meanwhile: continue that one
+            continue
+    raise RuntimeError("could not settle the active conversation")
+
+
+def apply_receipt(event: InboundEvent, account: Account) -> Stored:
+    """Move an outbound message forward (sent → delivered → read), never backwards."""
+    messages = Message._get_collection()
+    try:
+        oid = ObjectId(event.receipt_for)
+    except Exception:
+        oid = None
+    new_status = event.receipt_status or ""
+    doc = messages.find_one({"_id": oid, "direction": "out", "adapter": account.adapter.name,
+                             "account": account.name}) if oid else None
+    if doc is None:
+        raise NotFound(f"no outbound message {event.receipt_for!r} on this account",
+                       field="message_id", code="unknown_message")
+    lower = [s for s, rank in STATUS_ORDER.items() if rank < STATUS_ORDER[new_status]]
+    before = messages.find_one_and_update(
+        {"_id": oid, "status": {"$in": lower}},
+        {"$set": {"status": new_status, "updated_at": utcnow()}}, projection={"status": 1})
+    result = IngestResult(str(oid), before is None, str(doc["customer_id"]),
+                          str(doc["conversation_id"]))
+    return Stored(result, status_change=(before["status"], new_status) if before else None)

@@ -1,0 +1,120 @@
+"""Background jobs (arq): follow-up of inbound messages and outbound delivery.
+
+Every job is idempotent (it may run twice after a worker crash) and never lets a plugin's
+error stop the worker. Outbound sends retry with exponential backoff and end in `failed`
+with a reason a person can read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+from arq import Retry
+from arq.worker import Worker, func
+
+from hub.errors import NotFound, SendError
+from hub.models import Conversation, Message
+from hub.runtime import QUEUE, Hub
+from scrm.models import Customer, utcnow
+
+log = logging.getLogger("omnihub.jobs")
+
+
+async def process_inbound(ctx: dict[str, Any], message_id: str, opened: bool) -> None:
+    """Run the event hooks for a stored inbound message, once."""
+    hub: Hub = ctx["hub"]
+    message = await asyncio.to_thread(Message.objects(id=message_id).first)
+    if message is None or message.processed_at is not None:
+        return
+    customer, conversation = await asyncio.to_thread(
+        lambda: (Customer.objects(id=message.customer_id).first(),
+                 Conversation.objects(id=message.conversation_id).first()))
+    if opened:
+        await hub.plugins.call("conversation_opened", conversation=conversation,
+                               customer=customer, message=message)
+    await hub.plugins.call("message_received", message=message, customer=customer,
+                           conversation=conversation, settings=hub.settings)
+    await asyncio.to_thread(Message.objects(id=message_id).update_one,
+                            set__processed_at=utcnow())
+
+
+async def status_changed(ctx: dict[str, Any], message_id: str, old: str, new: str) -> None:
+    hub: Hub = ctx["hub"]
+    message = await asyncio.to_thread(Message.objects(id=message_id).first)
+    if message is not None:
+        await hub.plugins.call("message_status_changed", message=message, old_status=old,
+                               new_status=new)
+
+
+def backoff(attempt: int, base: float) -> float:
+    """Exponential backoff with ±20 % jitter so retries of many messages spread out."""
+    return base * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
+
+
+async def send_message(ctx: dict[str, Any], message_id: str) -> str:
+    """Deliver one queued outbound message through its adapter."""
+    hub: Hub = ctx["hub"]
+    attempt: int = ctx.get("job_try", 1)
+    message = await asyncio.to_thread(Message.objects(id=message_id).first)
+    if message is None or message.status != "queued":
+        return message.status if message else "missing"  # already handled by an earlier run
+    try:
+        account = hub.account(message.adapter, message.account)
+        assert hub.http is not None
+        result = await account.adapter.send(message, account, hub.http)
+    except NotFound as exc:
+        return await _finish(hub, message, "failed", f"{exc.message}; the message was not sent",
+                             attempt)
+    except SendError as exc:
+        if exc.permanent or attempt >= hub.settings.outbound_max_tries:
+            reason = exc.reason if exc.permanent else (
+                f"gave up after {attempt} attempts; last error: {exc.reason}")
+            return await _finish(hub, message, "failed", reason, attempt)
+        await asyncio.to_thread(Message.objects(id=message_id).update_one,
+                                set__attempts=attempt, set__status_reason=exc.reason,
+                                set__updated_at=utcnow())
+        log.warning("send failed; will retry", extra={"message_id": message_id,
+                                                      "attempt": attempt, "reason": exc.reason})
+        raise Retry(defer=backoff(attempt, hub.settings.outbound_retry_base_s)) from None
+    return await _finish(hub, message, "sent", None, attempt, result.external_id)
+
+
+async def _finish(hub: Hub, message: Message, status: str, reason: str | None, attempt: int,
+                  external_id: str | None = None) -> str:
+    now = utcnow()
+    changes: dict[str, Any] = {"status": status, "status_reason": reason, "attempts": attempt,
+                               "updated_at": now}
+    if status == "sent":
+        changes["sent_at"] = now
+        changes["external_id"] = external_id
+    for key, value in changes.items():
+        setattr(message, key, value)
+    # Only a queued message moves: a receipt that raced ahead (delivered) is not undone.
+    await asyncio.to_thread(
+        Message._get_collection().update_one,
+        {"_id": message.id, "status": "queued"}, {"$set": changes})
+    log.info("send finished", extra={"message_id": str(message.id), "status": status,
+                                     "attempts": attempt, "reason": reason})
+    await hub.plugins.call("message_status_changed", message=message, old_status="queued",
+                           new_status=status)
+    return status
+
+
+FUNCTIONS = [
+    func(process_inbound, name="process_inbound"),
+    func(send_message, name="send_message", max_tries=1_000),  # our own cap applies
+    func(status_changed, name="status_changed"),
+]
+
+
+def make_worker(hub: Hub, *, burst: bool = False, **kwargs: Any) -> Worker:
+    """An arq worker sharing the hub's queue connection, plugins and settings."""
+    assert hub.queue is not None
+    return Worker(
+        functions=FUNCTIONS, queue_name=QUEUE, redis_pool=hub.queue, burst=burst,
+        ctx={"hub": hub}, poll_delay=hub.settings.worker_poll_s, handle_signals=False,
+        max_jobs=20, keep_result=3600, **kwargs,
+    )

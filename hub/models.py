@@ -1,0 +1,123 @@
+"""Message, Conversation and ApiKey documents (Customer and Identity live in scrm)."""
+
+from __future__ import annotations
+
+from mongoengine import (
+    BooleanField,
+    DateTimeField,
+    DictField,
+    DynamicField,
+    EmbeddedDocument,
+    EmbeddedDocumentField,
+    IntField,
+    ListField,
+    ObjectIdField,
+    StringField,
+)
+from mongoengine import Document as _Document
+
+from hub.adapter import MESSAGE_KINDS
+from scrm.models import utcnow
+
+MESSAGE_STATUSES = ("received", "queued", "sent", "delivered", "read", "failed")
+CONVERSATION_STATUSES = ("open", "pending", "resolved")
+ROLES = ("admin", "agent", "marketer", "app")
+
+
+class Route(EmbeddedDocument):
+    adapter = StringField(required=True)
+    account = StringField(required=True)
+
+
+class AttachmentDoc(EmbeddedDocument):
+    kind = StringField(required=True)
+    url = StringField()
+    media_id = StringField()
+    mime = StringField()
+    size = IntField()
+    name = StringField()
+
+
+class Message(_Document):
+    """One normalised message, inbound or outbound; `raw` keeps the channel's payload."""
+
+    direction = StringField(required=True, choices=("in", "out"))
+    adapter = StringField(required=True)
+    account = StringField(required=True)
+    external_id = StringField()
+    external_user_id = StringField()
+    customer_id = ObjectIdField(required=True)
+    conversation_id = ObjectIdField(required=True)
+    kind = StringField(required=True, choices=MESSAGE_KINDS)
+    text = StringField()
+    attachments = ListField(EmbeddedDocumentField(AttachmentDoc))
+    location = DictField()
+    event = DictField()
+    context = DictField()
+    raw = DynamicField()
+    status = StringField(required=True, choices=MESSAGE_STATUSES)
+    status_reason = StringField()
+    attempts = IntField(default=0)
+    sent_by = StringField()
+    created_at = DateTimeField(default=utcnow)
+    sent_at = DateTimeField()
+    updated_at = DateTimeField(default=utcnow)
+    processed_at = DateTimeField()
+
+    meta = {
+        "collection": "messages",
+        "indexes": [
+            # De-duplication of channel retries; outbound messages have no external_id yet.
+            {"fields": ["adapter", "account", "external_id"], "unique": True,
+             "partialFilterExpression": {"direction": "in"}},
+            ["conversation_id", "_id"],
+            ["customer_id", "_id"],
+        ],
+    }
+
+
+class Conversation(_Document):
+    """One thread per customer across channels; `last_inbound` is the default reply route.
+
+    `active` is true while the conversation is not resolved; a partial unique index keeps
+    at most one active conversation per customer, even under concurrent first messages.
+    """
+
+    customer_id = ObjectIdField(required=True)
+    status = StringField(required=True, choices=CONVERSATION_STATUSES, default="open")
+    active = BooleanField(required=True, default=True)
+    assignee = StringField()
+    last_inbound = EmbeddedDocumentField(Route)
+    channels = ListField(EmbeddedDocumentField(Route))
+    context = DictField()
+    created_at = DateTimeField(default=utcnow)
+    updated_at = DateTimeField(default=utcnow)
+    last_message_at = DateTimeField()
+    resolved_at = DateTimeField()
+
+    meta = {
+        "collection": "conversations",
+        "indexes": [
+            {"fields": ["customer_id"], "unique": True, "name": "one_active_per_customer",
+             "partialFilterExpression": {"active": True}},
+            ["customer_id", "-resolved_at"],
+            ["status", "-_id"],
+            ["assignee", "-_id"],
+        ],
+    }
+
+
+class ApiKey(_Document):
+    """An API key, stored as a SHA-256 digest (keys are 256-bit random, so no KDF needed)."""
+
+    name = StringField(required=True, max_length=100)
+    role = StringField(required=True, choices=ROLES)
+    digest = StringField(required=True, unique=True)
+    prefix = StringField(required=True)
+    created_at = DateTimeField(default=utcnow)
+    revoked_at = DateTimeField()
+
+    meta = {"collection": "api_keys"}
+
+
+DOCUMENTS: tuple[type[_Document], ...] = (Message, Conversation, ApiKey)

@@ -1,0 +1,1 @@
+"""Built-in hub extension plugins, registered through the `omnihub.plugins` entry points."""
