@@ -149,11 +149,12 @@ async def hub_factory(omnihub_servers: Servers) -> AsyncIterator[Callable[..., A
 
     async def make(accounts: list[dict] | tuple = (), plugins: tuple[str, ...] = ("app",),
                    extra_plugins: dict[str, Any] | None = None, **overrides: Any) -> HubHarness:
-        settings = Settings(
+        values: dict[str, Any] = dict(
             data_dir=Path("unused"), mongodb_uri=omnihub_servers.mongodb_uri,
             redis_url=omnihub_servers.redis_url, database=f"test_{uuid.uuid4().hex[:12]}",
             load_plugins=plugins, accounts=tuple(accounts), outbound_retry_base_s=0.01,
-            worker_poll_s=0.01, storage_timeout_ms=1500, **overrides)
+            worker_poll_s=0.01, storage_timeout_ms=1500)
+        settings = Settings(**{**values, **overrides})
         hub = Hub(settings)
         hub.plugins.load_entry_points()
         for name, plugin in (extra_plugins or {}).items():
