@@ -129,8 +129,8 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-async def openapi(request: Request) -> Response:
-    return schemas.OpenAPIResponse(request=request)
+async def openapi(request: Request) -> JSONResponse:
+    return JSONResponse(schemas.get_schema(routes=request.app.routes))
 
 
 def _error(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
