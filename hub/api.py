@@ -77,7 +77,8 @@ def paged(queryset: Any, limit: int, cursor: ObjectId | None, newest_first: bool
           shape: Any) -> dict:
     """Keyset pagination on `_id`: stable under inserts, O(limit) per page."""
     if cursor is not None:
-        queryset = queryset.filter(id__lt=cursor) if newest_first else queryset.filter(id__gt=cursor)
+        op = "id__lt" if newest_first else "id__gt"
+        queryset = queryset.filter(**{op: cursor})
     docs = list(queryset.order_by("-id" if newest_first else "id").limit(limit + 1))
     more = len(docs) > limit
     docs = docs[:limit]

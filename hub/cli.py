@@ -50,7 +50,8 @@ def _storage(settings: Settings) -> Iterator[Hub]:
 def serve(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
           config: ConfigOption = None,
-          worker: Annotated[bool, typer.Option(help="Run a job worker in-process.")] = True) -> None:
+          worker: Annotated[bool, typer.Option(help="Run a job worker in-process.")] = True,
+          ) -> None:
     """Run the HTTP app (and a worker), starting embedded servers when none are configured."""
     import uvicorn
 

@@ -88,7 +88,7 @@ def load_settings(config_path: str | Path | None = None, **overrides: Any) -> Se
     hub_table = data.get("hub", {})
     if not isinstance(hub_table, dict):
         raise ConfigError(f"{path}: [hub] must be a table")
-    known = {f.name: f.type for f in fields(Settings)} 
+    known = {f.name: f.type for f in fields(Settings)}
     for key, raw in hub_table.items():
         if key not in known or key in ("accounts", "config_file"):
             raise ConfigError(f"{path}: [hub] has unknown setting {key!r}")

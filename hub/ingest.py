@@ -77,8 +77,8 @@ def continue_conversation(customer_id: ObjectId, account: Account,
     route = {"adapter": account.adapter.name, "account": account.name}
     for _ in range(5):
         now = utcnow()
-        touch = {"$set": {"last_inbound": route, "last_message_at": now, "updated_at": now},
-                 "$addToSet": {"channels": route}}
+        seen = {"last_inbound": route, "last_message_at": now, "updated_at": now}
+        touch = {"$set": seen, "$addToSet": {"channels": route}}
         doc = conversations.find_one_and_update(
             {"customer_id": customer_id, "active": True}, touch, projection={"_id": 1})
         if doc:
@@ -87,7 +87,7 @@ def continue_conversation(customer_id: ObjectId, account: Account,
             reopened = conversations.find_one_and_update(
                 {"customer_id": customer_id, "active": False, "status": "resolved",
                  "resolved_at": {"$gte": now - timedelta(days=reopen_days)}},
-                {**touch, "$set": {**touch["$set"], "status": "open", "active": True},
+                {**touch, "$set": {**seen, "status": "open", "active": True},
                  "$unset": {"resolved_at": ""}},
                 sort=[("resolved_at", -1)], projection={"_id": 1},
                 return_document=ReturnDocument.AFTER)

@@ -57,7 +57,8 @@ class PluginHost:
                 except Exception as exc:
                     if self.strict:
                         raise
-                    log.error("plugin failed to load", extra={"plugin": ep.name, "reason": str(exc)})
+                    log.error("plugin failed to load",
+                              extra={"plugin": ep.name, "reason": str(exc)})
                     self.infos.append(PluginInfo(ep.name, kind, dist, version, f"failed: {exc}"))
 
     def register(self, plugin: Any, name: str, kind: str = "plugin", distribution: str = "-",
@@ -105,4 +106,5 @@ class PluginHost:
                 if inspect.isawaitable(result):
                     await result
             except Exception:
-                log.exception("plugin hook raised", extra={"plugin": impl.plugin_name, "hook": hook})
+                log.exception("plugin hook raised",
+                              extra={"plugin": impl.plugin_name, "hook": hook})

@@ -11,9 +11,9 @@ import logging
 from typing import Any
 
 import httpx
-from redis.exceptions import RedisError
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
+from redis.exceptions import RedisError
 
 from hub.adapter import Account
 from hub.config import Settings, resolve_env_refs

@@ -20,7 +20,8 @@ def resolve_customer(adapter: str, account: str, external_user_id: str,
     now = utcnow()
     new_id = ObjectId()
     key = {"adapter": adapter, "account": account, "external_user_id": external_user_id}
-    for _ in range(3):
+    doc = None
+    for _ in range(5):
         try:
             doc = identities.find_one_and_update(
                 key,
@@ -29,11 +30,14 @@ def resolve_customer(adapter: str, account: str, external_user_id: str,
                 upsert=True, return_document=ReturnDocument.AFTER,
                 projection={"customer_id": 1},
             )
+        except DuplicateKeyError:  # a concurrent first contact won the upsert
+            pass
+        # Read it back when the upsert raced (some servers answer None then, not the doc).
+        doc = doc or identities.find_one(key, {"customer_id": 1})
+        if doc:
             break
-        except DuplicateKeyError:  # a concurrent first contact won the upsert; read it
-            continue
-    else:
-        raise RuntimeError("identity upsert kept colliding")
+    if doc is None:
+        raise RuntimeError(f"identity {adapter}/{account} could not be settled")
     customer_id = doc["customer_id"]
     created = customer_id == new_id
     if created:

@@ -120,8 +120,8 @@ class AppAdapter(Adapter):
             raise BadRequest("body is not valid JSON", code="malformed_json") from None
         if not isinstance(data, dict):
             raise BadRequest("body must be a JSON object", code="malformed_json")
-        user_id = _string(data, "user_id", required=True, limit=256)
-        message_id = _string(data, "message_id", required=True, limit=256)
+        user_id = _required(data, "user_id")
+        message_id = _required(data, "message_id")
         kind = data.get("type", "text")
         if kind == "receipt":
             status = data.get("status")
@@ -194,6 +194,12 @@ def _string(data: dict, key: str, *, required: bool = False, limit: int) -> str 
         raise BadRequest(f"{key} must be a string", field=key)
     if len(value) > limit:
         raise BadRequest(f"{key} is longer than {limit} characters", field=key)
+    return value
+
+
+def _required(data: dict, key: str) -> str:
+    value = _string(data, key, required=True, limit=256)
+    assert value is not None
     return value
 
 

@@ -140,7 +140,7 @@ async def test_receipts_move_outbound_status_forward_only(hub_factory, app_accou
     r = await receipt("delivered")  # late, out of order: must not move it back
     assert r.status_code == 200 and r.json()["duplicate"] is True
     assert await status() == "read"
-    r = await post_app(h.client, json.dumps({"user_id": "u-r", "message_id": "000000000000000000000000",
-                                             "type": "receipt", "status": "read"}).encode())
+    unknown = {"user_id": "u-r", "message_id": "0" * 24, "type": "receipt", "status": "read"}
+    r = await post_app(h.client, json.dumps(unknown).encode())
     assert r.status_code == 404
     assert r.json()["error"]["field"] == "message_id"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+
+from echo_channel import sign
 
 from hub.models import ApiKey
 from tests.conftest import app_body, post_app
@@ -54,6 +57,13 @@ async def test_errors_are_json_with_code_and_field(hub_factory, app_account):
         assert r.json()["error"]["code"] == code, (path, r.text)
 
 
+async def post_echo(h, account: dict, payload: dict):
+    body = json.dumps(payload, ensure_ascii=False).encode()
+    r = await h.client.post("/webhooks/echo/chat", content=body,
+                            headers={"X-Echo-Signature": sign(account["token"], body).decode()})
+    assert r.status_code == 200, r.text
+
+
 async def test_reply_routing_and_validation(hub_factory, app_account, fake_http):
     echo = {"adapter": "echo", "name": "chat", "token": "echo-token-0123456789",
             "outbox_url": f"{fake_http.url}/outbox"}
@@ -83,15 +93,13 @@ async def test_reply_routing_and_validation(hub_factory, app_account, fake_http)
     assert r.status_code == 202
 
     # the same person writes on echo: replies now default to echo, app can still be named
-    await h.client.post("/webhooks/echo/chat", headers={"X-Echo-Token": echo["token"]},
-                        json={"id": "e1", "from": "u-route-echo", "text": "在吗"})
+    await post_echo(h, echo, {"id": "e1", "from": "u-route-echo", "text": "在吗"})
     # (linking identities across channels is the SCRM issue; here we attach it by hand)
     from scrm.models import Identity
 
     await asyncio.to_thread(lambda: Identity.objects(external_user_id="u-route-echo")
                             .update_one(set__customer_id=conv["customer_id"]))
-    await h.client.post("/webhooks/echo/chat", headers={"X-Echo-Token": echo["token"]},
-                        json={"id": "e2", "from": "u-route-echo", "text": "还在吗"})
+    await post_echo(h, echo, {"id": "e2", "from": "u-route-echo", "text": "还在吗"})
     fresh = (await h.client.get(f"/v1/conversations/{conv['id']}", headers=auth)).json()
     assert fresh["last_inbound"] == {"adapter": "echo", "account": "chat"}
     assert {"adapter": "echo", "account": "chat"} in fresh["channels"]

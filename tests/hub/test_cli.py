@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from echo_channel import sign
 
 from adapters.app import signed_headers
 from hub.testing import free_port
@@ -100,8 +101,9 @@ def test_serve_with_embedded_servers_end_to_end(served, fake_http):
     r = httpx.post(f"{base}/webhooks/app/mobile", content=body,
                    headers=signed_headers("secret-of-the-app-0123", body))
     assert r.status_code == 200 and r.json()["duplicate"] is False
-    r = httpx.post(f"{base}/webhooks/echo/chat", headers={"X-Echo-Token": "echo-token-0123456789"},
-                   json={"id": "e-1", "from": "echo-user", "text": "third-party channel"})
+    echo_body = json.dumps({"id": "e-1", "from": "echo-user", "text": "third-party"}).encode()
+    r = httpx.post(f"{base}/webhooks/echo/chat", content=echo_body,
+                   headers={"X-Echo-Signature": sign("echo-token-0123456789", echo_body).decode()})
     assert r.status_code == 200 and r.text == "ok"
 
     auth = {"Authorization": f"Bearer {key}"}

@@ -1,13 +1,15 @@
 """An example third-party channel adapter, installable on its own.
 
-The "echo" service posts `{"id": ..., "from": ..., "text": ...}` to the hub with a shared
-token in `X-Echo-Token`, and accepts replies as JSON POSTs to the account's `outbox_url`.
+The "echo" service posts `{"id": ..., "from": ..., "text": ...}` to the hub, signed with
+`X-Echo-Signature: <hex HMAC-SHA256(token, body)>`, and accepts replies as JSON POSTs to the
+account's `outbox_url`.
 It shows everything an adapter needs: declared facts, configuration checks, verify, a pure
 parse, ack and send, registered through the `omnihub.adapters` entry point.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 from collections.abc import Mapping
@@ -30,6 +32,10 @@ from hub.adapter import (
 from hub.errors import BadRequest, SendError, SignatureRejected
 
 
+def sign(token: str, body: bytes) -> bytes:
+    return hmac.new(token.encode(), body, hashlib.sha256).hexdigest().encode()
+
+
 @dataclass(frozen=True)
 class EchoSettings:
     token: str
@@ -47,9 +53,9 @@ class EchoAdapter(Adapter):
                             require_setting(account, settings, "outbox_url"))
 
     async def verify(self, request: WebhookRequest, account: Account) -> None:
-        given = request.headers.get("x-echo-token", "")
-        if not hmac.compare_digest(given.encode(), account.settings.token.encode()):
-            raise SignatureRejected("missing or wrong X-Echo-Token")
+        given = request.headers.get("x-echo-signature", "")
+        if not hmac.compare_digest(given.encode(), sign(account.settings.token, request.body)):
+            raise SignatureRejected("missing or wrong X-Echo-Signature")
 
     def parse(self, request: WebhookRequest, account: Account) -> list[InboundEvent]:
         try:

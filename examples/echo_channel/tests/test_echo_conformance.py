@@ -2,6 +2,8 @@
 
 import json
 
+from echo_channel import sign
+
 from hub.testing import AdapterConformance
 
 
@@ -16,4 +18,4 @@ class TestEchoConformance(AdapterConformance):
         return [json.dumps({"id": "e-1", "from": "alice", "text": "你好 echo"}).encode()]
 
     def signed(self, body, settings):
-        return {"X-Echo-Token": settings["token"]}, {}
+        return {"X-Echo-Signature": sign(settings["token"], body).decode()}, {}
