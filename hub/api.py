@@ -302,7 +302,7 @@ def _prepare_outbound(hub: Hub, data: dict, sent_by: str) -> Message:
                             f"{adapter.max_text_length} characters", field="text",
                             code="text_too_long")
     identity = Identity.objects(customer_id=conversation.customer_id, adapter=adapter.name,
-                                account=account.name).order_by("-last_seen_at").first()
+                                account=account.name).order_by("-created_at").first()
     if identity is None:
         raise Unprocessable(f"the customer has no identity on {adapter.name}/{account.name}",
                             field="adapter", code="no_identity")

@@ -1,8 +1,8 @@
 """The one ingest path every channel goes through (DESIGN.md §1).
 
 Synchronous on purpose: mongoengine/pymongo are blocking, so the web layer runs `ingest`
-in a worker thread. Known customers cost four round trips: duplicate check, identity,
-conversation, insert.
+in a worker thread. A known customer costs four round trips (identity, active conversation,
+insert, touch), none of them findAndModify, which the embedded server runs 4-5x slower.
 """
 
 from __future__ import annotations
@@ -35,15 +35,22 @@ def ingest(event: InboundEvent, account: Account, reopen_days: float = 7.0) -> S
     if event.is_receipt:
         return apply_receipt(event, account)
     messages = Message._get_collection()
-    key = {"direction": "in", "adapter": account.adapter.name, "account": account.name,
-           "external_id": event.external_id}
-    existing = messages.find_one(key, {"customer_id": 1, "conversation_id": 1})
-    if existing:
-        return Stored(_duplicate(existing))
+    conversations = Conversation._get_collection()
+    route = {"adapter": account.adapter.name, "account": account.name}
+    key = {"direction": "in", **route, "external_id": event.external_id}
 
     customer_id, _ = resolve_customer(account.adapter.name, account.name,
                                       event.external_user_id, event.display_name)
-    conversation_id, opened = continue_conversation(customer_id, account, reopen_days)
+    active = conversations.find_one({"customer_id": customer_id, "active": True}, {"_id": 1})
+    if active is None:
+        # Check for a retry before (re)opening, so a late retry never reopens a conversation.
+        existing = messages.find_one(key, {"customer_id": 1, "conversation_id": 1})
+        if existing:
+            return Stored(_duplicate(existing))
+        conversation_id, opened = open_conversation(customer_id, route, reopen_days)
+    else:
+        conversation_id, opened = active["_id"], False
+
     now = utcnow()
     doc = Message(
         direction="in", adapter=account.adapter.name, account=account.name,
@@ -57,8 +64,13 @@ def ingest(event: InboundEvent, account: Account, reopen_days: float = 7.0) -> S
     doc.validate()
     try:
         inserted = messages.insert_one(doc.to_mongo())
-    except DuplicateKeyError:  # a concurrent retry of the same delivery got there first
+    except DuplicateKeyError:  # a retry of a delivery we already stored
         return Stored(_duplicate(messages.find_one(key)))
+    if not opened:
+        conversations.update_one(
+            {"_id": conversation_id},
+            {"$set": {"last_inbound": route, "last_message_at": now, "updated_at": now},
+             "$addToSet": {"channels": route}})
     return Stored(IngestResult(str(inserted.inserted_id), False, str(customer_id),
                                str(conversation_id)), opened)
 
@@ -68,38 +80,34 @@ def _duplicate(doc: dict) -> IngestResult:
                         str(doc["conversation_id"]))
 
 
-def continue_conversation(customer_id: ObjectId, account: Account,
-                          reopen_days: float) -> tuple[ObjectId, bool]:
-    """Return `(conversation_id, opened)`: the active one, a recently resolved one reopened,
-    or a new one. The partial unique index settles races between concurrent first messages.
+def open_conversation(customer_id: ObjectId, route: dict,
+                      reopen_days: float) -> tuple[ObjectId, bool]:
+    """Return `(conversation_id, opened)`: a recently resolved one reopened, a new one, or
+    the active one another message opened meanwhile (the partial unique index settles it).
     """
     conversations = Conversation._get_collection()
-    route = {"adapter": account.adapter.name, "account": account.name}
     for _ in range(5):
         now = utcnow()
         seen = {"last_inbound": route, "last_message_at": now, "updated_at": now}
-        touch = {"$set": seen, "$addToSet": {"channels": route}}
-        doc = conversations.find_one_and_update(
-            {"customer_id": customer_id, "active": True}, touch, projection={"_id": 1})
-        if doc:
-            return doc["_id"], False
         try:
             reopened = conversations.find_one_and_update(
                 {"customer_id": customer_id, "active": False, "status": "resolved",
                  "resolved_at": {"$gte": now - timedelta(days=reopen_days)}},
-                {**touch, "$set": {**seen, "status": "open", "active": True},
-                 "$unset": {"resolved_at": ""}},
+                {"$set": {**seen, "status": "open", "active": True},
+                 "$unset": {"resolved_at": ""}, "$addToSet": {"channels": route}},
                 sort=[("resolved_at", -1)], projection={"_id": 1},
                 return_document=ReturnDocument.AFTER)
             if reopened:
                 return reopened["_id"], True
             new = Conversation(customer_id=customer_id, status="open", active=True,
-                               last_inbound=route, channels=[route], created_at=now,
-                               updated_at=now, last_message_at=now)
-            inserted = conversations.insert_one(new.to_mongo())
-            return inserted.inserted_id, True
-        except DuplicateKeyError:  # another message opened one meanwhile: continue that one
-            continue
+                               channels=[route], created_at=now, **seen)
+            return conversations.insert_one(new.to_mongo()).inserted_id, True
+        except DuplicateKeyError:
+            active = conversations.find_one({"customer_id": customer_id, "active": True})
+            if active:
+                conversations.update_one({"_id": active["_id"]},
+                                         {"$set": seen, "$addToSet": {"channels": route}})
+                return active["_id"], False
     raise RuntimeError("could not settle the active conversation")
 
 

@@ -98,6 +98,9 @@ class PluginHost:
             self.pm.unregister(name=name)
         self.infos = [i for i in self.infos if i.name != name and i.name not in owned]
 
+    def implemented(self, *hooks: str) -> bool:
+        return any(getattr(self.pm.hook, h).get_hookimpls() for h in hooks)
+
     async def call(self, hook: str, **kwargs: Any) -> None:
         """Call every implementation of an event hook, awaiting coroutines, isolating errors."""
         for impl in getattr(self.pm.hook, hook).get_hookimpls():

@@ -42,8 +42,7 @@ def conversation(c: Conversation) -> dict:
 
 def identity(i: Identity) -> dict:
     return {"adapter": i.adapter, "account": i.account, "external_user_id": i.external_user_id,
-            "verified": i.verified, "created_at": iso(i.created_at),
-            "last_seen_at": iso(i.last_seen_at)}
+            "verified": i.verified, "created_at": iso(i.created_at)}
 
 
 def customer(c: Customer, identities: list[Identity]) -> dict:

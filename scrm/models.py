@@ -47,7 +47,6 @@ class Identity(Document):
     unionid = StringField()
     verified = BooleanField(default=False)
     created_at = DateTimeField(default=utcnow)
-    last_seen_at = DateTimeField(default=utcnow)
 
     meta = {
         "collection": "identities",
