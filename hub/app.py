@@ -76,12 +76,13 @@ async def webhook(request: Request) -> Response:
         events = adapter.parse(incoming, account)
         stored = [await run_in_threadpool(ingest, event, account, hub.settings.reopen_days)
                   for event in events]
+        listening = hub.plugins.implemented("message_received", "conversation_opened")
         for item, event in zip(stored, events, strict=True):
             result = item.result
-            if item.status_change:
+            if item.status_change and hub.plugins.implemented("message_status_changed"):
                 await hub.enqueue("status_changed", result.message_id, *item.status_change,
                                   job_id=f"status:{result.message_id}:{item.status_change[1]}")
-            elif not event.is_receipt:
+            elif listening and not event.is_receipt:
                 # Also for duplicates: a retry after a failed enqueue must not lose the job;
                 # the job id makes it a no-op when the first enqueue worked.
                 await hub.enqueue("process_inbound", result.message_id,

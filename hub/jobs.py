@@ -26,8 +26,6 @@ log = logging.getLogger("omnihub.jobs")
 async def process_inbound(ctx: dict[str, Any], message_id: str, opened: bool) -> None:
     """Run the event hooks for a stored inbound message, once."""
     hub: Hub = ctx["hub"]
-    if not hub.plugins.implemented("message_received", "conversation_opened"):
-        return  # nothing listens: spare the database four round trips
     message = await asyncio.to_thread(Message.objects(id=message_id).first)
     if message is None or message.processed_at is not None:
         return
