@@ -141,7 +141,7 @@ async def main() -> None:
     print(f"{args.requests} signed app webhooks, concurrency {args.concurrency}, "
           f"{args.users} distinct customers, one fresh embedded database server")
     for name, r in (("baseline (verify + 1 insert_one)", baseline),
-                    ("omnihub serve (full ingest + job)", omnihub)):
+                    ("omnihub serve (full ingest path)", omnihub)):
         print(f"  {name:36} {r['rps']:8.0f} req/s   p50 {r['p50_ms']:6.1f} ms   "
               f"p99 {r['p99_ms']:6.1f} ms   errors {r['errors']}")
         print(f"  {'':36} per round: " + ", ".join(f"{x:.0f}" for x in r["rounds"]))
