@@ -22,11 +22,19 @@ cli.add_typer(keys_cli, name="keys")
 ConfigOption = Annotated[str | None, typer.Option("--config", help="Path to omnihub.toml.")]
 
 
-def _settings(config: str | None) -> Settings:
+@contextlib.contextmanager
+def _config_errors_exit() -> Iterator[None]:
+    """Turn a ConfigError into its message on stderr and exit status 2, not a traceback."""
     try:
-        settings = load_settings(config)
+        yield
     except ConfigError as exc:
-        raise typer.BadParameter(str(exc), param_hint="configuration") from None
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _settings(config: str | None) -> Settings:
+    with _config_errors_exit():
+        settings = load_settings(config)
     setup_logging(settings.log_level)
     return settings
 
@@ -35,11 +43,8 @@ def _settings(config: str | None) -> Settings:
 def _storage(settings: Settings) -> Iterator[Hub]:
     """A hub with storage open, reusing the servers of a running `omnihub serve`."""
     hub = Hub(settings)
-    try:
+    with _config_errors_exit():
         hub.open_servers()
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
     try:
         yield hub
     finally:
@@ -58,12 +63,8 @@ def serve(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "
     from hub.app import create_app
 
     settings = _settings(config)
-    hub = Hub(settings)
-    try:
-        hub.load_plugins()
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    with _config_errors_exit():
+        Hub(settings).load_plugins()  # fail here, with a clear message, on a bad account
     typer.echo(f"omnihub listening on http://{host}:{port} (data in {settings.data_dir})")
     uvicorn.run(create_app(settings, run_worker=worker), host=host, port=port, log_level="warning")
 
@@ -79,11 +80,8 @@ def worker_command(config: ConfigOption = None,
 
     async def run() -> None:
         hub = Hub(settings)
-        try:
+        with _config_errors_exit():
             await hub.start()
-        except ConfigError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
         try:
             await make_worker(hub, burst=burst).async_run()
         finally:

@@ -181,22 +181,16 @@ def acquire(data_dir: Path, mongodb_uri: str | None, redis_url: str | None) -> S
             with contextlib.suppress(ValueError, OSError):
                 state = json.loads(state_path.read_text())
         servers = Servers(mongodb_uri or "", redis_url or "")
-        if not mongodb_uri:
-            uri = state.get("mongodb_uri")
-            if uri and _pid_alive(state.get("mongodb_pid", -1)) and _mongo_alive(uri):
-                servers.mongodb_uri = uri
-            else:
-                servers.mongodb_uri, proc = start_mongo(data_dir)
+        for kind, configured, alive, start in (("mongodb", mongodb_uri, _mongo_alive, start_mongo),
+                                               ("redis", redis_url, _redis_alive, start_redis)):
+            if configured:
+                continue
+            address = state.get(f"{kind}_address")
+            if not (address and _pid_alive(state.get(f"{kind}_pid", -1)) and alive(address)):
+                address, proc = start(data_dir)
                 servers.owned_pids.append(proc.pid)
-                state.update(mongodb_uri=servers.mongodb_uri, mongodb_pid=proc.pid)
-        if not redis_url:
-            url = state.get("redis_url")
-            if url and _pid_alive(state.get("redis_pid", -1)) and _redis_alive(url):
-                servers.redis_url = url
-            else:
-                servers.redis_url, proc = start_redis(data_dir)
-                servers.owned_pids.append(proc.pid)
-                state.update(redis_url=servers.redis_url, redis_pid=proc.pid)
+                state.update({f"{kind}_address": address, f"{kind}_pid": proc.pid})
+            setattr(servers, "mongodb_uri" if kind == "mongodb" else "redis_url", address)
         tmp = state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         tmp.chmod(0o600)
