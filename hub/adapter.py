@@ -71,6 +71,7 @@ class InboundEvent:
     display_name: str | None = None
     receipt_for: str | None = None
     receipt_status: str | None = None
+    consent: bool | None = None  # the sender opted in (True) or out (False) of this channel
 
     @property
     def is_receipt(self) -> bool:
@@ -88,6 +89,21 @@ class IngestResult:
 @dataclass(frozen=True)
 class SendResult:
     external_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the hub shares with adapters at start-up (shared state lives in Redis)."""
+
+    redis_url: str
+
+
+@dataclass(frozen=True)
+class ReplyAllowance:
+    """How long after a customer's action, and how many times, the channel lets us reply."""
+
+    window_s: float
+    quota: int | None = None
 
 
 class Account:
@@ -118,10 +134,20 @@ class Adapter:
     kinds: ClassVar[Sequence[str]] = ("text",)
     max_text_length: ClassVar[int | None] = None
     secret_settings: ClassVar[Sequence[str]] = ()
+    has_reply_window: ClassVar[bool] = False  # replies only within a window after the customer
 
     def configure(self, account: str, settings: Mapping[str, Any]) -> Any:
         """Validate one `[[accounts]]` table; raise ConfigError naming account and field."""
         return dict(settings)
+
+    def start(self, services: Services) -> None:
+        """Called once when the hub starts, before any request (override to open clients)."""
+
+    def reply_allowance(self, trigger: Message, account: Account) -> ReplyAllowance | None:
+        """Only for adapters with `has_reply_window`: what the customer's inbound `trigger`
+        allows us to send, or None if that kind of inbound opens no window.
+        """
+        return None
 
     async def handshake(self, request: WebhookRequest, account: Account) -> Response:
         """Answer a GET verification request (channels that have one override this)."""

@@ -24,6 +24,7 @@ from hub.errors import (
     Unprocessable,
 )
 from hub.models import CONVERSATION_STATUSES, Conversation, Message
+from hub.policy import check_reply_window
 from hub.runtime import Hub
 from scrm.models import Customer, Identity, utcnow
 
@@ -306,6 +307,7 @@ def _prepare_outbound(hub: Hub, data: dict, sent_by: str) -> Message:
     if identity is None:
         raise Unprocessable(f"the customer has no identity on {adapter.name}/{account.name}",
                             field="adapter", code="no_identity")
+    check_reply_window(account, identity.external_user_id)
     now = utcnow()
     message = Message(
         direction="out", adapter=adapter.name, account=account.name,

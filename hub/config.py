@@ -8,6 +8,7 @@ secrets stay out of the file.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -107,6 +108,9 @@ def load_settings(config_path: str | Path | None = None, **overrides: Any) -> Se
         for key in ("adapter", "name"):
             if not isinstance(account.get(key), str) or not account[key]:
                 raise ConfigError(f"{path}: [[accounts]] #{i + 1}: field {key!r} is required")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", account["name"]):
+            raise ConfigError(f"{path}: account {account['name']!r}: name may only use letters, "
+                              "digits, '-' and '_' (it is part of the webhook URL)")
         ident = (account["adapter"], account["name"])
         if ident in seen:
             raise ConfigError(f"{path}: account {account['name']!r} of adapter "

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from hub.adapter import Adapter
+    from hub.adapter import Account, Adapter
     from hub.models import Conversation, Message
     from scrm.models import Customer
 
@@ -35,8 +35,10 @@ def register_adapters(register: Callable[[Adapter], None]) -> None:
 
 @hookspec
 def message_received(message: Message, customer: Customer, conversation: Conversation,
-                     settings: Any) -> None:
+                     account: Account | None, settings: Any) -> None:
     """An inbound message was stored. Called once per message, in the background job.
+
+    `account` is the channel account it came in on (None if it is no longer configured).
 
     May be `async def`. Return values are ignored.
     """

@@ -18,7 +18,7 @@ from hub.adapter import Account, InboundEvent, IngestResult
 from hub.errors import NotFound
 from hub.models import Conversation, Message
 from scrm.identities import resolve_customer
-from scrm.models import utcnow
+from scrm.models import Customer, utcnow
 
 STATUS_ORDER = {"queued": 0, "sent": 1, "delivered": 2, "read": 3}
 
@@ -66,6 +66,8 @@ def ingest(event: InboundEvent, account: Account, reopen_days: float = 7.0) -> S
         inserted = messages.insert_one(doc.to_mongo())
     except DuplicateKeyError:  # a retry of a delivery we already stored
         return Stored(_duplicate(messages.find_one(key)))
+    if event.consent is not None:
+        record_consent(customer_id, route, event.consent, now)
     if not opened:
         conversations.update_one(
             {"_id": conversation_id},
@@ -73,6 +75,14 @@ def ingest(event: InboundEvent, account: Account, reopen_days: float = 7.0) -> S
              "$addToSet": {"channels": route}})
     return Stored(IngestResult(str(inserted.inserted_id), False, str(customer_id),
                                str(conversation_id)), opened)
+
+
+def record_consent(customer_id: ObjectId, route: dict, granted: bool, now) -> None:
+    """The customer opted in to or out of this channel account (e.g. WeChat (un)subscribe)."""
+    Customer._get_collection().update_one(
+        {"_id": customer_id},
+        {"$set": {f"consent.{route['adapter']}:{route['account']}":
+                  {"granted": granted, "at": now, "source": "channel"}, "updated_at": now}})
 
 
 def _duplicate(doc: dict) -> IngestResult:

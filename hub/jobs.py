@@ -15,8 +15,9 @@ from typing import Any
 from arq import Retry
 from arq.worker import Worker, func
 
-from hub.errors import NotFound, SendError
+from hub.errors import NotFound, SendError, Unprocessable
 from hub.models import Conversation, Message
+from hub.policy import check_reply_window
 from hub.runtime import QUEUE, Hub
 from scrm.models import Customer, utcnow
 
@@ -35,8 +36,9 @@ async def process_inbound(ctx: dict[str, Any], message_id: str, opened: bool) ->
     if opened:
         await hub.plugins.call("conversation_opened", conversation=conversation,
                                customer=customer, message=message)
+    account = hub.accounts.get((message.adapter, message.account))
     await hub.plugins.call("message_received", message=message, customer=customer,
-                           conversation=conversation, settings=hub.settings)
+                           conversation=conversation, account=account, settings=hub.settings)
     await asyncio.to_thread(Message.objects(id=message_id).update_one,
                             set__processed_at=utcnow())
 
@@ -63,9 +65,10 @@ async def send_message(ctx: dict[str, Any], message_id: str) -> str:
         return message.status if message else "missing"  # already handled by an earlier run
     try:
         account = hub.account(message.adapter, message.account)
+        await asyncio.to_thread(check_reply_window, account, message.external_user_id, message)
         assert hub.http is not None
         result = await account.adapter.send(message, account, hub.http)
-    except NotFound as exc:
+    except (NotFound, Unprocessable) as exc:
         return await _finish(hub, message, "failed", f"{exc.message}; the message was not sent",
                              attempt)
     except SendError as exc:

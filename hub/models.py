@@ -72,6 +72,7 @@ class Message(_Document):
              "partialFilterExpression": {"direction": "in"}},
             ["conversation_id", "_id"],
             ["customer_id", "_id"],
+            ["adapter", "account", "external_user_id", "-_id"],  # reply windows and quotas
         ],
     }
 

@@ -15,7 +15,7 @@ from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from redis.exceptions import RedisError
 
-from hub.adapter import Account
+from hub.adapter import Account, Services
 from hub.config import Settings, resolve_env_refs
 from hub.embedded import Servers, acquire, release
 from hub.errors import ConfigError, NotFound, Unavailable
@@ -54,6 +54,8 @@ class Hub:
         self.load_plugins()
         await asyncio.to_thread(self.open_servers)
         assert self.servers is not None
+        for adapter in self.plugins.adapters.values():
+            adapter.start(Services(redis_url=self.servers.redis_url))
         self.queue = await create_pool(RedisSettings.from_dsn(self.servers.redis_url),
                                        default_queue_name=QUEUE)
         self.http = httpx.AsyncClient(timeout=self.settings.outbound_timeout_s)
