@@ -51,6 +51,15 @@ async def status_changed(ctx: dict[str, Any], message_id: str, old: str, new: st
                                new_status=new)
 
 
+ORDER_WAIT_S = 0.2
+
+
+def _earlier_reply_pending(message: Message) -> bool:
+    return Message.objects(direction="out", adapter=message.adapter, account=message.account,
+                           external_user_id=message.external_user_id, status="queued",
+                           id__lt=message.id).only("id").first() is not None
+
+
 def backoff(attempt: int, base: float) -> float:
     """Exponential backoff with ±20 % jitter so retries of many messages spread out."""
     return base * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
@@ -59,10 +68,13 @@ def backoff(attempt: int, base: float) -> float:
 async def send_message(ctx: dict[str, Any], message_id: str) -> str:
     """Deliver one queued outbound message through its adapter."""
     hub: Hub = ctx["hub"]
-    attempt: int = ctx.get("job_try", 1)
     message = await asyncio.to_thread(Message.objects(id=message_id).first)
     if message is None or message.status != "queued":
         return message.status if message else "missing"  # already handled by an earlier run
+    if await asyncio.to_thread(_earlier_reply_pending, message):
+        # Keep the customer's order: jobs run concurrently, replies to one person must not.
+        raise Retry(defer=ORDER_WAIT_S)
+    attempt = message.attempts + 1
     try:
         account = hub.account(message.adapter, message.account)
         await asyncio.to_thread(check_reply_window, account, message.external_user_id, message)

@@ -183,7 +183,8 @@ class AdapterConformance:
     * `adapter` (the adapter's name) and `plugin` (its entry point name);
     * `account_settings(fake_url)`: the `[[accounts]]` settings, sends pointed at `fake_url`;
     * `payloads()`: raw bodies of every documented inbound payload;
-    * `signed(body, settings)`: `(headers, query)` that make a genuine delivery;
+    * `signed(body, settings)`: `(body, headers, query)` of a genuine delivery of that payload
+      (the body may change, e.g. when the channel encrypts it);
     * optionally `reply_request()`: the body of `POST /v1/messages` for a simple reply.
     """
 
@@ -197,7 +198,7 @@ class AdapterConformance:
     def payloads(self) -> list[bytes]:
         raise NotImplementedError
 
-    def signed(self, body: bytes, settings: dict[str, Any]) -> tuple[dict[str, str],
+    def signed(self, body: bytes, settings: dict[str, Any]) -> tuple[bytes, dict[str, str],
                                                                      dict[str, str]]:
         raise NotImplementedError
 
@@ -225,17 +226,18 @@ class AdapterConformance:
 
     async def test_conformance_tampered_delivery_is_rejected(self, hub_factory, fake_http):
         harness, settings = await self._harness(hub_factory, fake_http)
-        body = self.payloads()[0]
-        headers, query = self.signed(body, settings)
-        r = await self._post(harness, body + b" ", headers, query)
+        body, headers, query = self.signed(self.payloads()[0], settings)
+        middle = len(body) // 2
+        swapped = b"A" if body[middle:middle + 1] != b"A" else b"B"
+        r = await self._post(harness, body[:middle] + swapped + body[middle + 1:], headers, query)
         assert r.status_code == 403
         assert await self._stored(harness) == 0
 
     async def test_conformance_every_payload_parses(self, hub_factory, fake_http):
         harness, settings = await self._harness(hub_factory, fake_http)
         account: Account = harness.hub.account(self.adapter, self.account_name)
-        for body in self.payloads():
-            headers, query = self.signed(body, settings)
+        for payload in self.payloads():
+            body, headers, query = self.signed(payload, settings)
             request = WebhookRequest("POST", "http://testserver" + self._path(),
                                      {k.lower(): v for k, v in headers.items()}, query, body)
             events = account.adapter.parse(request, account)
@@ -246,8 +248,7 @@ class AdapterConformance:
 
     async def test_conformance_retries_are_stored_once(self, hub_factory, fake_http):
         harness, settings = await self._harness(hub_factory, fake_http)
-        body = self.payloads()[0]
-        headers, query = self.signed(body, settings)
+        body, headers, query = self.signed(self.payloads()[0], settings)
         first = await self._post(harness, body, headers, query)
         assert first.status_code == 200, first.text
         again = await asyncio.gather(*[self._post(harness, body, headers, query)
@@ -257,8 +258,7 @@ class AdapterConformance:
 
     async def test_conformance_reply_goes_through_the_channel_api(self, hub_factory, fake_http):
         harness, settings = await self._harness(hub_factory, fake_http)
-        body = self.payloads()[0]
-        headers, query = self.signed(body, settings)
+        body, headers, query = self.signed(self.payloads()[0], settings)
         assert (await self._post(harness, body, headers, query)).status_code == 200
         await harness.run_jobs()
         auth = await harness.api_key("agent")

@@ -32,9 +32,9 @@ class TestAppConformance(AdapterConformance):
         ]
 
     def signed(self, body, settings):
-        return {"X-Omnihub-Timestamp": str(int(time.time())),
-                "X-Omnihub-Signature": sign(settings["secret"], str(int(time.time())), body),
-                "Content-Type": "application/json"}, {}
+        return body, {"X-Omnihub-Timestamp": str(int(time.time())),
+                      "X-Omnihub-Signature": sign(settings["secret"], str(int(time.time())), body),
+                      "Content-Type": "application/json"}, {}
 
 
 async def stored(**filters) -> int:

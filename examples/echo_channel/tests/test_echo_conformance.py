@@ -18,4 +18,4 @@ class TestEchoConformance(AdapterConformance):
         return [json.dumps({"id": "e-1", "from": "alice", "text": "你好 echo"}).encode()]
 
     def signed(self, body, settings):
-        return {"X-Echo-Signature": sign(settings["token"], body).decode()}, {}
+        return body, {"X-Echo-Signature": sign(settings["token"], body).decode()}, {}
