@@ -19,17 +19,22 @@ from scrm.models import Customer, Identity, utcnow
 log = logging.getLogger("omnihub.enrich")
 
 
-def has_unionid(adapter: str, account: str, external_user_id: str) -> bool:
+def profile_fetched(adapter: str, account: str, external_user_id: str) -> bool:
+    """Whether the channel was already asked about this identity (ask once, not per message)."""
     return Identity.objects(adapter=adapter, account=account, external_user_id=external_user_id,
-                            unionid__ne=None).only("id").first() is not None
+                            profile_fetched_at__ne=None).only("id").first() is not None
 
 
-def attach_unionid(adapter: str, account: str, external_user_id: str, unionid: str) -> ObjectId:
-    """Record the unionid on the identity; returns the customer the identity ends up with."""
+def record_profile(adapter: str, account: str, external_user_id: str,
+                   unionid: str | None) -> ObjectId | None:
+    """Record what the channel said about the identity; returns its customer afterwards."""
     identity = Identity.objects(adapter=adapter, account=account,
                                 external_user_id=external_user_id).first()
     if identity is None:
-        raise LookupError(f"no identity {adapter}/{account}/{external_user_id}")
+        return None
+    Identity.objects(id=identity.id).update_one(set__profile_fetched_at=utcnow())
+    if not unionid:
+        return identity.customer_id
     Identity.objects(id=identity.id).update_one(set__unionid=unionid, set__verified=True)
     other = Identity.objects(unionid=unionid, customer_id__ne=identity.customer_id).first()
     if other is None:

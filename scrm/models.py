@@ -44,8 +44,9 @@ class Identity(Document):
     phone = StringField()
     email = StringField()
     app_user_id = StringField()
-    unionid = StringField()
+    unionid = StringField(sparse=True)
     verified = BooleanField(default=False)
+    profile_fetched_at = DateTimeField()  # when the channel was last asked who this is
     created_at = DateTimeField(default=utcnow)
 
     meta = {
@@ -53,5 +54,6 @@ class Identity(Document):
         "indexes": [
             {"fields": ["adapter", "account", "external_user_id"], "unique": True},
             "customer_id",
+            {"fields": ["unionid"], "sparse": True},
         ],
     }

@@ -54,7 +54,7 @@ from hub.adapter import (
     WebhookRequest,
     require_setting,
 )
-from hub.enrich import attach_unionid, has_unionid
+from hub.enrich import profile_fetched, record_profile
 from hub.errors import BadRequest, ConfigError, SendError, SignatureRejected
 
 if TYPE_CHECKING:
@@ -316,8 +316,8 @@ async def message_received(message, account) -> None:
     if message.kind == "event" and (message.event or {}).get("name") == "unsubscribe":
         return
     key = (message.adapter, message.account, message.external_user_id)
-    if await asyncio.to_thread(has_unionid, *key):
+    if await asyncio.to_thread(profile_fetched, *key):
         return
     info = await account.adapter.fetch_user(account, message.external_user_id)
-    if info and info.get("unionid"):
-        await asyncio.to_thread(attach_unionid, *key, info["unionid"])
+    if info is not None:
+        await asyncio.to_thread(record_profile, *key, info.get("unionid"))

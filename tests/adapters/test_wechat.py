@@ -75,6 +75,7 @@ class FakeWeChat:
     expires_in: int = 7200
     sent: list[dict] = field(default_factory=list)
     uploads: int = 0
+    user_info_calls: int = 0
     send_errors: list[int] = field(default_factory=list)
     unionids: dict[str, str] = field(default_factory=dict)
     image: bytes = b"\x89PNG\r\n\x1a\n" + b"0" * 256
@@ -104,6 +105,7 @@ class FakeWeChat:
             assert b"filename=" in rec.body and self.image in rec.body
             return 200, {"type": "image", "media_id": f"MEDIA-{self.uploads}", "created_at": 1}
         if rec.path == "/cgi-bin/user/info":
+            self.user_info_calls += 1
             openid = rec.query["openid"]
             info = {"subscribe": 1, "openid": openid}
             if openid in self.unionids:
@@ -515,3 +517,7 @@ async def test_identities_sharing_a_unionid_become_one_customer(hub_factory, fak
     survivor = await asyncio.to_thread(lambda: Customer.objects(
         id=identities[0].customer_id).first())
     assert survivor.consent["wechat:shop"]["granted"] is True
+    calls = wechat_api.user_info_calls
+    await post(h, push("text", openid="oOnShop", MsgId="3", Content="第三条"), "shop")
+    await h.run_jobs()
+    assert wechat_api.user_info_calls == calls  # asked once per identity, not per message
