@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from hub.models import Message
 
 MESSAGE_KINDS = ("text", "image", "audio", "video", "file", "location", "link", "card", "event")
-RECEIPT_STATUSES = ("delivered", "read")
+RECEIPT_STATUSES = ("sent", "delivered", "read", "failed")
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,10 @@ class InboundEvent:
 
     `external_id` is the channel's id for the delivery and the de-duplication key;
     `external_user_id` identifies the sender on this (adapter, account).
-    A receipt sets `receipt_for` (our outbound message id) and `receipt_status`.
+    A receipt sets `receipt_for` (our outbound message id, or the channel's id for it when
+    `receipt_by_external_id`) and `receipt_status` (with `receipt_reason` when it failed).
+    `identifiers` are verified facts about the sender (`phone` in E.164, `email`) recorded
+    on a new identity.
     """
 
     external_id: str
@@ -71,6 +74,9 @@ class InboundEvent:
     display_name: str | None = None
     receipt_for: str | None = None
     receipt_status: str | None = None
+    receipt_by_external_id: bool = False
+    receipt_reason: str | None = None
+    identifiers: dict[str, str] = field(default_factory=dict)
     consent: bool | None = None  # the sender opted in (True) or out (False) of this channel
 
     @property
@@ -139,6 +145,13 @@ class Adapter:
     def configure(self, account: str, settings: Mapping[str, Any]) -> Any:
         """Validate one `[[accounts]]` table; raise ConfigError naming account and field."""
         return dict(settings)
+
+    def replies_after_opt_out(self, account: Account) -> bool:
+        """Whether replies (not marketing) may still go to a customer who opted out."""
+        return False
+
+    def check_outbound(self, kind: str, text: str | None, account: Account) -> None:
+        """Refuse (raise Unprocessable) what this account cannot send, before it is queued."""
 
     def start(self, services: Services) -> None:
         """Called once when the hub starts, before any request (override to open clients)."""

@@ -24,7 +24,7 @@ from hub.errors import (
     Unprocessable,
 )
 from hub.models import CONVERSATION_STATUSES, Conversation, Message
-from hub.policy import check_reply_window
+from hub.policy import PURPOSES, check_outbound_allowed
 from hub.runtime import Hub
 from scrm.models import Customer, Identity, utcnow
 
@@ -266,6 +266,9 @@ def _prepare_outbound(hub: Hub, data: dict, sent_by: str) -> Message:
         raise BadRequest("a text message needs a non-empty text", field="text")
     if kind != "text" and not attachments and kind not in ("link", "card", "location"):
         raise BadRequest(f"a {kind} message needs an attachment", field="attachments")
+    purpose = data.get("purpose", "reply")
+    if purpose not in PURPOSES:
+        raise BadRequest(f"purpose must be one of {', '.join(PURPOSES)}", field="purpose")
 
     if data.get("conversation_id"):
         conversation = _conversation(str(data["conversation_id"]))
@@ -307,15 +310,16 @@ def _prepare_outbound(hub: Hub, data: dict, sent_by: str) -> Message:
     if identity is None:
         raise Unprocessable(f"the customer has no identity on {adapter.name}/{account.name}",
                             field="adapter", code="no_identity")
-    check_reply_window(account, identity.external_user_id)
+    adapter.check_outbound(kind, text, account)
     now = utcnow()
     message = Message(
         direction="out", adapter=adapter.name, account=account.name,
         external_user_id=identity.external_user_id, customer_id=conversation.customer_id,
-        conversation_id=conversation.id, kind=kind, text=text,
+        conversation_id=conversation.id, kind=kind, text=text, purpose=purpose,
         attachments=[a.__dict__ for a in attachments], status="queued", sent_by=sent_by,
         created_at=now, updated_at=now,
     )
+    check_outbound_allowed(account, message)
     message.save()
     Conversation.objects(id=conversation.id).update_one(set__updated_at=now,
                                                          set__last_message_at=now)

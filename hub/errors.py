@@ -81,6 +81,14 @@ class ConfigError(Exception):
     """Invalid configuration; the message names the account and field to fix."""
 
 
+class Throttled(Exception):
+    """The channel's rate limit says wait: the job comes back after `defer_s`, no attempt spent."""
+
+    def __init__(self, defer_s: float) -> None:
+        super().__init__(f"throttled for {defer_s:.2f} s")
+        self.defer_s = defer_s
+
+
 class SendError(Exception):
     """An outbound send failed. `permanent` failures are not retried."""
 

@@ -20,7 +20,7 @@ from hub.models import Conversation, Message
 from scrm.identities import resolve_customer
 from scrm.models import Customer, utcnow
 
-STATUS_ORDER = {"queued": 0, "sent": 1, "delivered": 2, "read": 3}
+STATUS_ORDER = {"queued": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +40,8 @@ def ingest(event: InboundEvent, account: Account, reopen_days: float = 7.0) -> S
     key = {"direction": "in", **route, "external_id": event.external_id}
 
     customer_id, _ = resolve_customer(account.adapter.name, account.name,
-                                      event.external_user_id, event.display_name)
+                                      event.external_user_id, event.display_name,
+                                      event.identifiers)
     active = conversations.find_one({"customer_id": customer_id, "active": True}, {"_id": 1})
     if active is None:
         # Check for a retry before (re)opening, so a late retry never reopens a conversation.
@@ -124,20 +125,26 @@ def open_conversation(customer_id: ObjectId, route: dict,
 def apply_receipt(event: InboundEvent, account: Account) -> Stored:
     """Move an outbound message forward (sent → delivered → read), never backwards."""
     messages = Message._get_collection()
-    try:
-        oid = ObjectId(event.receipt_for)
-    except Exception:
-        oid = None
-    new_status = event.receipt_status or ""
-    doc = messages.find_one({"_id": oid, "direction": "out", "adapter": account.adapter.name,
-                             "account": account.name}) if oid else None
+    query: dict = {"direction": "out", "adapter": account.adapter.name, "account": account.name}
+    if event.receipt_by_external_id:
+        query["external_id"] = event.receipt_for
+    elif ObjectId.is_valid(event.receipt_for):
+        query["_id"] = ObjectId(event.receipt_for)
+    doc = messages.find_one(query) if len(query) == 4 else None
     if doc is None:
         raise NotFound(f"no outbound message {event.receipt_for!r} on this account",
                        field="message_id", code="unknown_message")
+    oid = doc["_id"]
+    new_status = event.receipt_status or ""
+    # Forward only; a failure report can still arrive after "sent" but not after delivery.
     lower = [s for s, rank in STATUS_ORDER.items() if rank < STATUS_ORDER[new_status]]
+    if new_status == "failed":
+        lower = ["queued", "sent"]
+    changes = {"status": new_status, "updated_at": utcnow()}
+    if event.receipt_reason:
+        changes["status_reason"] = event.receipt_reason
     before = messages.find_one_and_update(
-        {"_id": oid, "status": {"$in": lower}},
-        {"$set": {"status": new_status, "updated_at": utcnow()}}, projection={"status": 1})
+        {"_id": oid, "status": {"$in": lower}}, {"$set": changes}, projection={"status": 1})
     result = IngestResult(str(oid), before is None, str(doc["customer_id"]),
                           str(doc["conversation_id"]))
     return Stored(result, status_change=(before["status"], new_status) if before else None)

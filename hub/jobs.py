@@ -15,9 +15,9 @@ from typing import Any
 from arq import Retry
 from arq.worker import Worker, func
 
-from hub.errors import NotFound, SendError, Unprocessable
+from hub.errors import NotFound, SendError, Throttled, Unprocessable
 from hub.models import Conversation, Message
-from hub.policy import check_reply_window
+from hub.policy import check_outbound_allowed
 from hub.runtime import QUEUE, Hub
 from scrm.models import Customer, utcnow
 
@@ -77,9 +77,11 @@ async def send_message(ctx: dict[str, Any], message_id: str) -> str:
     attempt = message.attempts + 1
     try:
         account = hub.account(message.adapter, message.account)
-        await asyncio.to_thread(check_reply_window, account, message.external_user_id, message)
+        await asyncio.to_thread(check_outbound_allowed, account, message)
         assert hub.http is not None
         result = await account.adapter.send(message, account, hub.http)
+    except Throttled as wait:
+        raise Retry(defer=wait.defer_s) from None
     except (NotFound, Unprocessable) as exc:
         return await _finish(hub, message, "failed", f"{exc.message}; the message was not sent",
                              attempt)

@@ -59,6 +59,7 @@ class Message(_Document):
     status_reason = StringField()
     attempts = IntField(default=0)
     sent_by = StringField()
+    purpose = StringField(choices=("reply", "marketing"), default="reply")
     created_at = DateTimeField(default=utcnow)
     sent_at = DateTimeField()
     updated_at = DateTimeField(default=utcnow)

@@ -4,13 +4,45 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from bson import ObjectId
+
 from hub.adapter import Account
 from hub.errors import Unprocessable
 from hub.models import Message
-from scrm.models import utcnow
+from scrm.models import Customer, utcnow
 
 # How many recent inbound messages to look through for one that opened a window.
 _TRIGGER_SCAN = 50
+
+
+PURPOSES = ("reply", "marketing")
+
+
+def check_outbound_allowed(account: Account, message: Message) -> None:
+    """Every rule at once: consent for the purpose, then the channel's reply window."""
+    check_consent(account, message.customer_id, message.purpose)
+    check_reply_window(account, message.external_user_id,
+                       before=message if message.id is not None else None)
+
+
+def check_consent(account: Account, customer_id: ObjectId, purpose: str) -> None:
+    """Refuse a send to a customer who opted out of this channel account.
+
+    Marketing never goes to an opted-out customer; replies do only where the account says
+    so (e.g. SMS `replies_after_opt_out = true` for an ongoing support conversation).
+    """
+    customer = Customer.objects(id=customer_id).only("consent").first()
+    key = f"{account.adapter.name}:{account.name}"
+    consent = (customer.consent or {}).get(key) if customer else None
+    if not consent or consent.get("granted") is not False:
+        return
+    if purpose == "reply" and account.adapter.replies_after_opt_out(account):
+        return
+    when = consent.get("at")
+    since = f" on {when:%Y-%m-%d %H:%M} UTC" if when else ""
+    refused = "no marketing goes there" if purpose == "marketing" else "replies are not allowed"
+    raise Unprocessable(f"the customer opted out of {key}{since}: {refused}; use another "
+                        "channel they have", field="adapter", code="consent_withdrawn")
 
 
 def check_reply_window(account: Account, external_user_id: str,

@@ -9,8 +9,12 @@ from scrm.models import Customer, Identity, utcnow
 
 
 def resolve_customer(adapter: str, account: str, external_user_id: str,
-                     display_name: str | None = None) -> tuple[ObjectId, bool]:
+                     display_name: str | None = None,
+                     identifiers: dict[str, str] | None = None) -> tuple[ObjectId, bool]:
     """Return `(customer_id, created)` for a channel identity.
+
+    `identifiers` (`phone`, `email`) are what the channel itself proves about the sender
+    (an SMS comes from that number), so they are stored as verified.
 
     One read for a known identity. Safe under concurrency: the unique identity index
     decides which of two racing first contacts creates the customer.
@@ -23,8 +27,8 @@ def resolve_customer(adapter: str, account: str, external_user_id: str,
     now = utcnow()
     customer_id = ObjectId()
     try:
-        identities.insert_one({**key, "customer_id": customer_id, "verified": False,
-                               "created_at": now})
+        identities.insert_one({**key, **(identifiers or {}), "customer_id": customer_id,
+                               "verified": bool(identifiers), "created_at": now})
     except DuplicateKeyError:  # a concurrent first contact created it: use theirs
         return identities.find_one(key, {"customer_id": 1})["customer_id"], False
     # Upsert: re-running a first contact never creates a second profile.

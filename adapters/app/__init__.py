@@ -29,7 +29,6 @@ from starlette.responses import JSONResponse, Response
 from hub import hookimpl
 from hub.adapter import (
     MESSAGE_KINDS,
-    RECEIPT_STATUSES,
     Account,
     Adapter,
     InboundEvent,
@@ -47,6 +46,7 @@ if TYPE_CHECKING:
 TIMESTAMP_HEADER = "x-omnihub-timestamp"
 SIGNATURE_HEADER = "x-omnihub-signature"
 MAX_TEXT = 4096
+APP_RECEIPTS = ("delivered", "read")
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -125,8 +125,8 @@ class AppAdapter(Adapter):
         kind = data.get("type", "text")
         if kind == "receipt":
             status = data.get("status")
-            if status not in RECEIPT_STATUSES:
-                raise BadRequest(f"status must be one of {', '.join(RECEIPT_STATUSES)}",
+            if status not in APP_RECEIPTS:
+                raise BadRequest(f"status must be one of {', '.join(APP_RECEIPTS)}",
                                  field="status")
             return [InboundEvent(external_id=f"receipt:{message_id}:{status}",
                                  external_user_id=user_id, kind="event", raw=data,
