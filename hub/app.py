@@ -21,8 +21,8 @@ from starlette.schemas import SchemaGenerator
 from hub import api
 from hub.adapter import WebhookRequest
 from hub.config import Settings, load_settings
-from hub.errors import HubError, PayloadTooLarge, Unavailable
-from hub.ingest import ingest
+from hub.errors import HubError, PayloadTooLarge
+from hub.inbound import receive
 from hub.jobs import make_worker
 from hub.runtime import Hub
 from hub.storage import ping
@@ -73,29 +73,12 @@ async def webhook(request: Request) -> Response:
             outcome = "handshake"
             return await adapter.handshake(incoming, account)
         await adapter.verify(incoming, account)
-        events = adapter.parse(incoming, account)
-        stored = [await run_in_threadpool(ingest, event, account, hub.settings.reopen_days)
-                  for event in events]
-        listening = hub.plugins.implemented("message_received", "conversation_opened")
-        for item, event in zip(stored, events, strict=True):
-            result = item.result
-            if item.status_change and hub.plugins.implemented("message_status_changed"):
-                await hub.enqueue("status_changed", result.message_id, *item.status_change,
-                                  job_id=f"status:{result.message_id}:{item.status_change[1]}")
-            elif listening and not event.is_receipt:
-                # Also for duplicates: a retry after a failed enqueue must not lose the job;
-                # the job id makes it a no-op when the first enqueue worked.
-                await hub.enqueue("process_inbound", result.message_id,
-                                  item.opened_conversation, job_id=f"inbound:{result.message_id}")
+        stored = await receive(hub, account, incoming)
         outcome = "duplicate" if stored and all(s.result.duplicate for s in stored) else "ok"
         return adapter.ack(incoming, account, [s.result for s in stored])
     except HubError as exc:
         outcome = exc.code
         raise
-    except ConnectionFailure as exc:
-        outcome = "storage_unavailable"
-        raise Unavailable("storage is unreachable; retry later",
-                          code="storage_unavailable") from exc
     finally:
         WEBHOOKS.labels(adapter_name, outcome).inc()
         INGEST_SECONDS.labels(adapter_name).observe(time.perf_counter() - started)

@@ -28,6 +28,7 @@ class Stored:
     result: IngestResult
     opened_conversation: bool = False
     status_change: tuple[str, str] | None = None  # receipts: (old, new) when it moved
+    follow_up: bool = True  # run the message hooks (not for receipts or automated mail)
 
 
 def ingest(event: InboundEvent, account: Account, reopen_days: float = 7.0) -> Stored:
@@ -147,4 +148,5 @@ def apply_receipt(event: InboundEvent, account: Account) -> Stored:
         {"_id": oid, "status": {"$in": lower}}, {"$set": changes}, projection={"status": 1})
     result = IngestResult(str(oid), before is None, str(doc["customer_id"]),
                           str(doc["conversation_id"]))
-    return Stored(result, status_change=(before["status"], new_status) if before else None)
+    return Stored(result, status_change=(before["status"], new_status) if before else None,
+                  follow_up=False)
