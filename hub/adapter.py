@@ -41,12 +41,30 @@ class WebhookRequest:
 
 @dataclass
 class Attachment:
+    """A file on a message. `data` (bytes the channel delivered inline, e.g. an email part)
+    is stored by the hub as media and replaced by a `media_id`; it is never kept on the message.
+    """
+
     kind: str
     url: str | None = None
     media_id: str | None = None
     mime: str | None = None
     size: int | None = None
     name: str | None = None
+    data: bytes | None = field(default=None, repr=False)
+
+    def fields(self) -> dict[str, Any]:
+        """What is stored on the message (everything but the bytes)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "data"}
+
+
+@dataclass
+class ThreadHints:
+    """Which earlier conversation an inbound message answers (email threading)."""
+
+    references: list[str] = field(default_factory=list)  # channel ids of earlier messages
+    conversation_id: str | None = None  # from a reply token the adapter has verified
+    subject: str | None = None  # normalised ("Re:" etc. removed), the last resort
 
 
 @dataclass
@@ -77,6 +95,9 @@ class InboundEvent:
     receipt_by_external_id: bool = False
     receipt_reason: str | None = None
     identifiers: dict[str, str] = field(default_factory=dict)
+    thread: ThreadHints | None = None
+    automated: str | None = None  # "auto_reply" or "bounce": recorded, never opens or answers
+    bounce_of: str | None = None  # for a bounce: the channel id of our message that bounced
     consent: bool | None = None  # the sender opted in (True) or out (False) of this channel
 
     @property

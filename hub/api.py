@@ -316,7 +316,7 @@ def _prepare_outbound(hub: Hub, data: dict, sent_by: str) -> Message:
         direction="out", adapter=adapter.name, account=account.name,
         external_user_id=identity.external_user_id, customer_id=conversation.customer_id,
         conversation_id=conversation.id, kind=kind, text=text, purpose=purpose,
-        attachments=[a.__dict__ for a in attachments], status="queued", sent_by=sent_by,
+        attachments=[a.fields() for a in attachments], status="queued", sent_by=sent_by,
         created_at=now, updated_at=now,
     )
     check_outbound_allowed(account, message)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mongoengine import (
+    BinaryField,
     BooleanField,
     DateTimeField,
     DictField,
@@ -49,6 +50,8 @@ class Message(_Document):
     customer_id = ObjectIdField(required=True)
     conversation_id = ObjectIdField(required=True)
     kind = StringField(required=True, choices=MESSAGE_KINDS)
+    subject = StringField()
+    automated = StringField(choices=("auto_reply", "bounce"))
     text = StringField()
     attachments = ListField(EmbeddedDocumentField(AttachmentDoc))
     location = DictField()
@@ -109,6 +112,19 @@ class Conversation(_Document):
     }
 
 
+class Media(_Document):
+    """Bytes of an attachment a channel delivered inline, keyed by their SHA-256."""
+
+    id = StringField(primary_key=True)
+    data = BinaryField(required=True)
+    mime = StringField()
+    name = StringField()
+    size = IntField()
+    created_at = DateTimeField(default=utcnow)
+
+    meta = {"collection": "media"}
+
+
 class ApiKey(_Document):
     """An API key, stored as a SHA-256 digest (keys are 256-bit random, so no KDF needed)."""
 
@@ -122,4 +138,4 @@ class ApiKey(_Document):
     meta = {"collection": "api_keys"}
 
 
-DOCUMENTS: tuple[type[_Document], ...] = (Message, Conversation, ApiKey)
+DOCUMENTS: tuple[type[_Document], ...] = (Message, Conversation, ApiKey, Media)
