@@ -13,10 +13,7 @@ We define this protocol, so it is the reference for every adapter:
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,27 +35,16 @@ from hub.adapter import (
     attachments_from_json,
     require_setting,
 )
-from hub.errors import BadRequest, ConfigError, SendError, SignatureRejected
+from hub.errors import BadRequest, ConfigError, SendError
+from hub.signing import sign, signed_headers, verify_signed
+
+__all__ = ["AppAdapter", "sign", "signed_headers"]
 
 if TYPE_CHECKING:
     from hub.models import Message
 
-TIMESTAMP_HEADER = "x-omnihub-timestamp"
-SIGNATURE_HEADER = "x-omnihub-signature"
 MAX_TEXT = 4096
 APP_RECEIPTS = ("delivered", "read")
-
-
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """The `X-Omnihub-Signature` value for a body sent at `timestamp`."""
-    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
-
-
-def signed_headers(secret: str, body: bytes, now: float | None = None) -> dict[str, str]:
-    timestamp = str(int(now if now is not None else time.time()))
-    return {"X-Omnihub-Timestamp": timestamp, "X-Omnihub-Signature": sign(secret, timestamp, body),
-            "Content-Type": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -95,23 +81,8 @@ class AppAdapter(Adapter):
         return AppSettings(secret, callback, window)
 
     async def verify(self, request: WebhookRequest, account: Account) -> None:
-        timestamp = request.headers.get(TIMESTAMP_HEADER)
-        signature = request.headers.get(SIGNATURE_HEADER)
-        if not timestamp or not signature:
-            raise SignatureRejected("missing X-Omnihub-Timestamp or X-Omnihub-Signature header",
-                                    code="missing_signature")
-        expected = sign(account.settings.secret, timestamp, request.body)
-        if not hmac.compare_digest(expected.encode(), signature.encode()):
-            raise SignatureRejected("signature does not match the body", code="bad_signature")
-        window = account.settings.window_s
-        try:
-            age = abs(time.time() - int(timestamp))
-        except ValueError:
-            raise SignatureRejected("X-Omnihub-Timestamp must be unix seconds",
-                                    code="bad_timestamp") from None
-        if window and age > window:
-            raise SignatureRejected(f"timestamp is outside the {window} s window",
-                                    code="stale_timestamp")
+        verify_signed(request.headers, request.body, account.settings.secret,
+                      account.settings.window_s)
 
     def parse(self, request: WebhookRequest, account: Account) -> list[InboundEvent]:
         try:
