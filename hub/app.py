@@ -156,17 +156,18 @@ def create_app(settings: Settings | None = None, *, hub: Hub | None = None,
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if the_hub.queue is None:
             await the_hub.start()
-        worker_task = None
+        tasks = await the_hub.run_background("web")
         if run_worker:
-            worker = make_worker(the_hub)
-            worker_task = asyncio.create_task(worker.async_run())
+            tasks.append(asyncio.create_task(make_worker(the_hub).async_run()))
+            tasks += await the_hub.run_background("worker")
         try:
             yield
         finally:
-            if worker_task:
-                worker_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await worker_task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
             if hub is None:
                 await the_hub.close()
 

@@ -56,13 +56,19 @@ def serve(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "
           port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
           config: ConfigOption = None,
           worker: Annotated[bool, typer.Option(help="Run a job worker in-process.")] = True,
+          smtp: Annotated[str | None, typer.Option(
+              help="Also receive mail for email accounts over SMTP on HOST:PORT.")] = None,
           ) -> None:
     """Run the HTTP app (and a worker), starting embedded servers when none are configured."""
+    import dataclasses
+
     import uvicorn
 
     from hub.app import create_app
 
     settings = _settings(config)
+    if smtp:
+        settings = dataclasses.replace(settings, smtp_listen=smtp)
     with _config_errors_exit():
         Hub(settings).load_plugins()  # fail here, with a clear message, on a bad account
     typer.echo(f"omnihub listening on http://{host}:{port} (data in {settings.data_dir})")
@@ -82,9 +88,12 @@ def worker_command(config: ConfigOption = None,
         hub = Hub(settings)
         with _config_errors_exit():
             await hub.start()
+        tasks = [] if burst else await hub.run_background("worker")
         try:
             await make_worker(hub, burst=burst).async_run()
         finally:
+            for task in tasks:
+                task.cancel()
             await hub.close()
 
     with contextlib.suppress(KeyboardInterrupt):

@@ -33,6 +33,7 @@ class Settings:
     load_plugins: tuple[str, ...] | None = None
     strict_plugins: bool = False
     log_level: str = "INFO"
+    smtp_listen: str | None = None  # HOST:PORT for email accounts' SMTP receiver
     accounts: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     config_file: Path | None = None
 

@@ -8,7 +8,7 @@ plugin's name and the others still run.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -28,6 +28,16 @@ def register_adapters(register: Callable[[Adapter], None]) -> None:
     """Call `register(adapter)` for each channel adapter this plugin provides.
 
     Two adapters with the same name stop start-up with an error.
+    """
+
+
+@hookspec
+def background_tasks(hub: Any, role: str) -> list[Callable[[], Awaitable[None]]] | None:
+    """Long-running coroutines to run while the hub runs (a mail receiver, a poller).
+
+    `role` is "web" in the HTTP process and "worker" in a job worker (`omnihub serve` is
+    both). Return coroutine functions; they are started after start-up and cancelled at
+    shutdown. Each must survive its own errors: one that raises is logged and not restarted.
     """
 
 

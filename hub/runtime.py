@@ -60,6 +60,23 @@ class Hub:
                                        default_queue_name=QUEUE)
         self.http = httpx.AsyncClient(timeout=self.settings.outbound_timeout_s)
 
+    async def run_background(self, role: str) -> list[asyncio.Task]:
+        """Start what plugins want running beside this process (see `background_tasks`)."""
+        tasks = []
+        offered: dict[str, Any] = {"hub": self, "role": role}
+        for impl in self.plugins.pm.hook.background_tasks.get_hookimpls():
+            try:
+                factories: list[Any] = impl.function(
+                    **{a: offered[a] for a in impl.argnames}) or []
+            except Exception:
+                log.exception("background_tasks hook raised", extra={"plugin": impl.plugin_name})
+                continue
+            for factory in factories:
+                task = asyncio.create_task(factory(), name=f"{impl.plugin_name}:{role}")
+                task.add_done_callback(_report_crash)
+                tasks.append(task)
+        return tasks
+
     async def close(self) -> None:
         if self.http:
             await self.http.aclose()
@@ -86,6 +103,12 @@ class Hub:
         except (OSError, RedisError) as exc:
             raise Unavailable("the job queue is unreachable; retry later",
                               code="queue_unavailable") from exc
+
+
+def _report_crash(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task stopped", exc_info=task.exception(),
+                  extra={"task": task.get_name()})
 
 
 def build_accounts(raw_accounts: tuple[dict[str, Any], ...],
