@@ -66,8 +66,8 @@ class Hub:
         offered: dict[str, Any] = {"hub": self, "role": role}
         for impl in self.plugins.pm.hook.background_tasks.get_hookimpls():
             try:
-                factories: list[Any] = impl.function(
-                    **{a: offered[a] for a in impl.argnames}) or []
+                function: Any = impl.function
+                factories: list[Any] = function(**{a: offered[a] for a in impl.argnames}) or []
             except Exception:
                 log.exception("background_tasks hook raised", extra={"plugin": impl.plugin_name})
                 continue
