@@ -95,6 +95,7 @@ class InboundEvent:
     receipt_by_external_id: bool = False
     receipt_reason: str | None = None
     identifiers: dict[str, str] = field(default_factory=dict)
+    identifiers_verified: bool = True  # False where the channel cannot prove them (email From)
     thread: ThreadHints | None = None
     automated: str | None = None  # "auto_reply" or "bounce": recorded, never opens or answers
     bounce_of: str | None = None  # for a bounce: the channel id of our message that bounced

@@ -45,7 +45,7 @@ def ingest(event: InboundEvent, account: Account, reopen_days: float = 7.0) -> S
 
     customer_id, _ = resolve_customer(account.adapter.name, account.name,
                                       event.external_user_id, event.display_name,
-                                      event.identifiers)
+                                      event.identifiers, event.identifiers_verified)
     active = conversations.find_one({"customer_id": customer_id, "active": True}, {"_id": 1})
     if active is None:
         # Check for a retry before (re)opening, so a late retry never reopens a conversation.
@@ -159,7 +159,7 @@ def record_automated(event: InboundEvent, account: Account, key: dict) -> Stored
     else:
         customer_id, _ = resolve_customer(account.adapter.name, account.name,
                                           event.external_user_id, event.display_name,
-                                          event.identifiers)
+                                          event.identifiers, event.identifiers_verified)
         conversation = (Conversation.objects(customer_id=customer_id, active=True).first()
                         or Conversation.objects(customer_id=customer_id).order_by("-id").first())
         if conversation is None:  # kept in a closed thread, so nothing looks open

@@ -10,11 +10,13 @@ from scrm.models import Customer, Identity, utcnow
 
 def resolve_customer(adapter: str, account: str, external_user_id: str,
                      display_name: str | None = None,
-                     identifiers: dict[str, str] | None = None) -> tuple[ObjectId, bool]:
+                     identifiers: dict[str, str] | None = None,
+                     verified: bool = True) -> tuple[ObjectId, bool]:
     """Return `(customer_id, created)` for a channel identity.
 
-    `identifiers` (`phone`, `email`) are what the channel itself proves about the sender
-    (an SMS comes from that number), so they are stored as verified.
+    `identifiers` (`phone`, `email`) are facts the channel gives about the sender; they are
+    stored as verified only when the channel proves them (an SMS comes from that number; an
+    email's From can be forged).
 
     One read for a known identity. Safe under concurrency: the unique identity index
     decides which of two racing first contacts creates the customer.
@@ -28,7 +30,7 @@ def resolve_customer(adapter: str, account: str, external_user_id: str,
     customer_id = ObjectId()
     try:
         identities.insert_one({**key, **(identifiers or {}), "customer_id": customer_id,
-                               "verified": bool(identifiers), "created_at": now})
+                               "verified": bool(identifiers) and verified, "created_at": now})
     except DuplicateKeyError:  # a concurrent first contact created it: use theirs
         return identities.find_one(key, {"customer_id": 1})["customer_id"], False
     # Upsert: re-running a first contact never creates a second profile.
