@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 from bson import ObjectId
 from bson.errors import InvalidId
 from mongoengine.errors import NotUniqueError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from hub import auth, serialize
@@ -23,7 +24,7 @@ from hub.errors import (
     Unavailable,
     Unprocessable,
 )
-from hub.models import CONVERSATION_STATUSES, Conversation, Message
+from hub.models import CONVERSATION_STATUSES, Conversation, Media, Message
 from hub.policy import PURPOSES, check_outbound_allowed
 from hub.runtime import Hub
 from scrm.models import Customer, Identity, utcnow
@@ -250,6 +251,20 @@ async def get_customer(request: Request) -> JSONResponse:
     return JSONResponse(await run_in_threadpool(load))
 
 
+async def get_media(request: Request) -> Response:
+    """
+    summary: The bytes of an attachment a channel delivered inline (e.g. an email part)
+    responses: {200: {description: the file}, 404: {description: unknown id}}
+    """
+    await _authorize(request, READERS)
+    media = await run_in_threadpool(Media.objects(id=request.path_params["id"]).first)
+    if media is None:
+        raise NotFound("no such media", code="unknown_media")
+    filename = quote(media.name or "attachment")
+    return Response(media.data, media_type=media.mime or "application/octet-stream",
+                    headers={"Content-Disposition": f"attachment; filename*=UTF-8''{filename}"})
+
+
 # ---- outbound ---------------------------------------------------------------------------
 
 def _prepare_outbound(hub: Hub, data: dict, sent_by: str) -> Message:
@@ -366,4 +381,5 @@ ROUTES = [
     Route("/v1/conversations/{id}/assign", assign_conversation, methods=["POST"]),
     Route("/v1/customers", list_customers, methods=["GET"]),
     Route("/v1/customers/{id}", get_customer, methods=["GET"]),
+    Route("/v1/media/{id}", get_media, methods=["GET"]),
 ]
