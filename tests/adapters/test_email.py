@@ -457,3 +457,19 @@ async def test_imap_poll_stores_and_marks_only_what_it_stored(hub_factory, smtp_
     assert len(box.uid("SEARCH", "FLAGGED")[1][0].split()) == 1
     assert await poll_imap_once(h.hub, h.hub.account("email", "support")) == 0
     box.logout()
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("Sounds good.\n\nOn Mon, Nov 23, 2026 at 10:00 AM Support <support@shop.example.com> "
+     "wrote:\n> When can we call?\n", "Sounds good."),
+    ("好的\n\n李雷 <li.lei@example.com> 于2026年11月23日周一 10:00写道：\n> 原文\n", "好的"),
+    ("收到，谢谢\n\n-----原始邮件-----\n发件人: support@shop.example.com\n发送时间: 2026年11月23日"
+     "\n主题: 订单\n\n您好\n", "收到，谢谢"),
+    ("OK for me.\n\n-----Original Message-----\nFrom: Support\nSent: Monday\nTo: Li\n"
+     "Subject: x\n\nHello\n", "OK for me."),
+    ("没有引用的新邮件\n第二行", "没有引用的新邮件\n第二行"),
+])
+def test_quoted_history_is_stripped(body, expected):
+    from adapters.email.parse import strip_quoted
+
+    assert strip_quoted(body) == expected
