@@ -34,6 +34,7 @@ class Settings:
     strict_plugins: bool = False
     log_level: str = "INFO"
     smtp_listen: str | None = None  # HOST:PORT for email accounts' SMTP receiver
+    auto_merge: bool = True  # customers sharing a verified phone/email/app id/unionid merge
     accounts: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     config_file: Path | None = None
 

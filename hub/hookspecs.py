@@ -45,10 +45,11 @@ def background_tasks(hub: Any, role: str) -> list[Callable[[], Awaitable[None]]]
 
 @hookspec
 def message_received(message: Message, customer: Customer, conversation: Conversation,
-                     account: Account | None, settings: Any) -> None:
+                     account: Account | None, settings: Any, hub: Any) -> None:
     """An inbound message was stored. Called once per message, in the background job.
 
-    `account` is the channel account it came in on (None if it is no longer configured).
+    `account` is the channel account it came in on (None if it is no longer configured);
+    `hub` is the running hub, for plugins that need its services.
 
     May be `async def`. Return values are ignored.
     """
@@ -60,6 +61,13 @@ def conversation_opened(conversation: Conversation, customer: Customer,
     """A new conversation was opened (or a resolved one reopened) by `message`.
 
     May be `async def`. Called before `message_received` for the same message.
+    """
+
+
+@hookspec
+def customers_merged(merge: Any, source_id: Any, target_id: Any) -> None:
+    """Two customers became one (`merge` is the audit record; the source survives as a
+    pointer to the target). May be `async def`.
     """
 
 

@@ -23,8 +23,13 @@ async def receive(hub: Hub, account: Account, incoming: WebhookRequest) -> list[
         raise Unavailable("storage is unreachable; retry later",
                           code="storage_unavailable") from exc
     listening = hub.plugins.implemented("message_received", "conversation_opened")
-    for item in stored:
+    for item, event in zip(stored, events, strict=True):
         result = item.result
+        if item.new_identity:
+            await hub.enqueue("link_identity", account.adapter.name, account.name,
+                              event.external_user_id,
+                              job_id=f"link:{account.adapter.name}:{account.name}:"
+                                     f"{event.external_user_id}")
         if item.status_change and hub.plugins.implemented("message_status_changed"):
             await hub.enqueue("status_changed", result.message_id, *item.status_change,
                               job_id=f"status:{result.message_id}:{item.status_change[1]}")

@@ -18,7 +18,7 @@ from pymongo.errors import DuplicateKeyError
 from hub.adapter import Account, InboundEvent, IngestResult
 from hub.errors import NotFound
 from hub.models import Conversation, Media, Message
-from scrm.identities import resolve_customer
+from scrm.identities import channel_keys, resolve_customer
 from scrm.models import Customer, utcnow
 
 STATUS_ORDER = {"queued": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4}
@@ -30,6 +30,7 @@ class Stored:
     opened_conversation: bool = False
     status_change: tuple[str, str] | None = None  # receipts: (old, new) when it moved
     follow_up: bool = True  # run the message hooks (not for receipts or automated mail)
+    new_identity: bool = False  # a first contact that brought strong identifiers: link it
 
 
 def ingest(event: InboundEvent, account: Account, reopen_days: float = 7.0) -> Stored:
@@ -43,9 +44,9 @@ def ingest(event: InboundEvent, account: Account, reopen_days: float = 7.0) -> S
     if event.automated:
         return record_automated(event, account, key)
 
-    customer_id, _ = resolve_customer(account.adapter.name, account.name,
-                                      event.external_user_id, event.display_name,
-                                      event.identifiers, event.identifiers_verified)
+    customer_id, created = resolve_customer(account.adapter.name, account.name,
+                                            event.external_user_id, event.display_name,
+                                            event.identifiers, event.identifiers_verified)
     active = conversations.find_one({"customer_id": customer_id, "active": True}, {"_id": 1})
     if active is None:
         # Check for a retry before (re)opening, so a late retry never reopens a conversation.
@@ -71,7 +72,8 @@ def ingest(event: InboundEvent, account: Account, reopen_days: float = 7.0) -> S
             {"$set": {"last_inbound": route, "last_message_at": now, "updated_at": now},
              "$addToSet": {"channels": route}})
     return Stored(IngestResult(str(inserted.inserted_id), False, str(customer_id),
-                               str(conversation_id)), opened)
+                               str(conversation_id)), opened,
+                  new_identity=created and bool(event.identifiers))
 
 
 def _message(event: InboundEvent, account: Account, customer_id: ObjectId,
@@ -178,10 +180,14 @@ def record_automated(event: InboundEvent, account: Account, key: dict) -> Stored
 
 def record_consent(customer_id: ObjectId, route: dict, granted: bool, now) -> None:
     """The customer opted in to or out of this channel account (e.g. WeChat (un)subscribe)."""
-    Customer._get_collection().update_one(
-        {"_id": customer_id},
-        {"$set": {f"consent.{route['adapter']}:{route['account']}":
-                  {"granted": granted, "at": now, "source": "channel"}, "updated_at": now}})
+    keys = channel_keys(route["adapter"], route["account"])
+    change = {"$set": {f"consent.{keys[1]}": {"granted": granted, "at": now,
+                                              "source": "channel"}, "updated_at": now}}
+    if granted:
+        change["$pullAll"] = {"opted_out": keys}
+    else:
+        change["$addToSet"] = {"opted_out": {"$each": keys}}
+    Customer._get_collection().update_one({"_id": customer_id}, change)
 
 
 def _duplicate(doc: dict) -> IngestResult:

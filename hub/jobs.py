@@ -16,6 +16,7 @@ from arq import Retry
 from arq.worker import Worker, func
 
 from hub.errors import NotFound, SendError, Throttled, Unprocessable
+from hub.merging import identity_id, link_identity
 from hub.models import Conversation, Message
 from hub.policy import check_outbound_allowed
 from hub.runtime import QUEUE, Hub
@@ -38,7 +39,8 @@ async def process_inbound(ctx: dict[str, Any], message_id: str, opened: bool) ->
                                customer=customer, message=message)
     account = hub.accounts.get((message.adapter, message.account))
     await hub.plugins.call("message_received", message=message, customer=customer,
-                           conversation=conversation, account=account, settings=hub.settings)
+                           conversation=conversation, account=account, settings=hub.settings,
+                           hub=hub)
     await asyncio.to_thread(Message.objects(id=message_id).update_one,
                             set__processed_at=utcnow())
 
@@ -58,6 +60,14 @@ def _earlier_reply_pending(message: Message) -> bool:
     return Message.objects(direction="out", adapter=message.adapter, account=message.account,
                            external_user_id=message.external_user_id, status="queued",
                            id__lt=message.id).only("id").first() is not None
+
+
+async def link_identity_job(ctx: dict[str, Any], adapter: str, account: str,
+                            external_user_id: str) -> int:
+    """Run the link rules for a new identity that brought a phone, email or app user id."""
+    hub: Hub = ctx["hub"]
+    found = await asyncio.to_thread(identity_id, adapter, account, external_user_id)
+    return len(await link_identity(hub, found)) if found else 0
 
 
 def backoff(attempt: int, base: float) -> float:
@@ -124,6 +134,7 @@ FUNCTIONS = [
     func(process_inbound, name="process_inbound"),
     func(send_message, name="send_message", max_tries=1_000),  # our own cap applies
     func(status_changed, name="status_changed"),
+    func(link_identity_job, name="link_identity"),
 ]
 
 

@@ -67,6 +67,7 @@ class Message(_Document):
     sent_at = DateTimeField()
     updated_at = DateTimeField(default=utcnow)
     processed_at = DateTimeField()
+    merge_origin = DictField()  # where a merge moved it from: {merge_id, conversation_id}
 
     meta = {
         "collection": "messages",

@@ -15,6 +15,7 @@ from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from redis.exceptions import RedisError
 
+from hub import merging  # noqa: F401  (registers conversations and messages with merges)
 from hub.adapter import Account, Services
 from hub.config import Settings, resolve_env_refs
 from hub.embedded import Servers, acquire, release

@@ -8,9 +8,9 @@ from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from hub.errors import Unavailable
 from hub.models import DOCUMENTS
-from scrm.models import Customer, Identity
+from scrm.models import DOCUMENTS as SCRM_DOCUMENTS
 
-ALL_DOCUMENTS: tuple[type[Document], ...] = (Customer, Identity, *DOCUMENTS)
+ALL_DOCUMENTS: tuple[type[Document], ...] = (*SCRM_DOCUMENTS, *DOCUMENTS)
 
 
 def open_storage(uri: str, database: str, timeout_ms: int = 3000) -> None:

@@ -116,6 +116,7 @@ class AppAdapter(Adapter):
             attachments=attachments_from_json(data.get("attachments")),
             location=_object(data, "location"), event=_event(data), context=context,
             raw=data, display_name=_string(data, "user_name", limit=200),
+            identifiers={"app_user_id": user_id},  # the app backend signs who its user is
             sent_at=_sent_at(data),
         )]
 

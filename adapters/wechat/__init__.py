@@ -56,6 +56,7 @@ from hub.adapter import (
 )
 from hub.enrich import profile_fetched, record_profile
 from hub.errors import BadRequest, ConfigError, SendError, SignatureRejected
+from hub.merging import link_identity
 
 if TYPE_CHECKING:
     from hub.models import Message
@@ -309,7 +310,7 @@ def register_adapters(register) -> None:
 
 
 @hookimpl
-async def message_received(message, account) -> None:
+async def message_received(message, account, hub) -> None:
     """Record the user's unionid, which ties their identities across accounts together."""
     if account is None or not isinstance(account.adapter, WeChatAdapter):
         return
@@ -320,4 +321,6 @@ async def message_received(message, account) -> None:
         return
     info = await account.adapter.fetch_user(account, message.external_user_id)
     if info is not None:
-        await asyncio.to_thread(record_profile, *key, info.get("unionid"))
+        learnt = await asyncio.to_thread(record_profile, *key, info.get("unionid"))
+        if learnt is not None:
+            await link_identity(hub, learnt)
