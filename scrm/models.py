@@ -128,6 +128,24 @@ class Tag(Document):
     meta = {"collection": "tags"}
 
 
+class TagRule(Document):
+    """Applies `tag` to the sender of an inbound message that matches every given condition.
+
+    `match` keys: `keywords` (any, case-insensitive), `regex`, `channel` ("wechat" or
+    "wechat:service"), `event` (name, e.g. "subscribe"), `event_key` (e.g. a QR scene),
+    `attribute` ({"name": "city", "equals": "上海"}).
+    """
+
+    name = StringField(required=True, unique=True, max_length=100)
+    tag = StringField(required=True, max_length=100)
+    match = DictField(required=True)
+    enabled = BooleanField(default=True)
+    created_by = StringField()
+    created_at = DateTimeField(default=utcnow)
+
+    meta = {"collection": "tag_rules"}
+
+
 class TagChange(Document):
     """Who applied or removed a tag on a customer, when, and by which rule if automatic."""
 
@@ -164,4 +182,4 @@ class Job(Document):
     meta = {"collection": "jobs"}
 
 
-DOCUMENTS = (Customer, Identity, Merge, MergeSuggestion, Tag, TagChange, Segment, Job)
+DOCUMENTS = (Customer, Identity, Merge, MergeSuggestion, Tag, TagRule, TagChange, Segment, Job)
