@@ -206,34 +206,6 @@ async def assign_conversation(request: Request) -> JSONResponse:
 
 # ---- customers --------------------------------------------------------------------------
 
-async def list_customers(request: Request) -> JSONResponse:
-    """
-    summary: Find customers by channel identity
-    parameters: [{name: identity, in: query, description: "adapter:account:external_user_id"}]
-    responses: {200: {description: "{items, next}"}}
-    """
-    await _authorize(request, READERS)
-    raw = request.query_params.get("identity")
-    if not raw:
-        raise BadRequest("give identity=adapter:account:external_user_id", field="identity")
-    parts = raw.split(":", 2)
-    if len(parts) != 3 or not all(parts):
-        raise BadRequest("identity must be adapter:account:external_user_id", field="identity")
-
-    def load() -> dict:
-        ident = Identity.objects(adapter=parts[0], account=parts[1],
-                                 external_user_id=parts[2]).first()
-        if ident is None:
-            return {"items": [], "next": None}
-        customer = Customer.objects(id=ident.customer_id).first()
-        if customer is None:
-            return {"items": [], "next": None}
-        return {"items": [serialize.customer(customer, list(Identity.objects(
-            customer_id=customer.id)))], "next": None}
-
-    return JSONResponse(await run_in_threadpool(load))
-
-
 async def get_customer(request: Request) -> JSONResponse:
     """
     summary: One customer profile with its channel identities
@@ -379,7 +351,6 @@ ROUTES = [
     Route("/v1/conversations/{id}/resolve", resolve_conversation, methods=["POST"]),
     Route("/v1/conversations/{id}/reopen", reopen_conversation, methods=["POST"]),
     Route("/v1/conversations/{id}/assign", assign_conversation, methods=["POST"]),
-    Route("/v1/customers", list_customers, methods=["GET"]),
     Route("/v1/customers/{id}", get_customer, methods=["GET"]),
     Route("/v1/media/{id}", get_media, methods=["GET"]),
 ]

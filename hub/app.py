@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 
-from hub import api
+from hub import api, api_customers
 from hub.adapter import WebhookRequest
 from hub.config import Settings, load_settings
 from hub.errors import HubError, PayloadTooLarge
@@ -175,7 +175,7 @@ def create_app(settings: Settings | None = None, *, hub: Hub | None = None,
         Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
         Route("/openapi.json", openapi, include_in_schema=False),
         Route("/webhooks/{adapter}/{account}", webhook, methods=["GET", "POST"]),
-        *api.ROUTES,
+        *api.ROUTES, *api_customers.ROUTES,
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         HubError: on_hub_error, HTTPException: on_http_error, PyMongoError: on_storage_error,

@@ -20,7 +20,9 @@ from hub.merging import identity_id, link_identity
 from hub.models import Conversation, Message
 from hub.policy import check_outbound_allowed
 from hub.runtime import QUEUE, Hub
-from scrm.models import Customer, utcnow
+from scrm.models import Customer, Job, Segment, utcnow
+from scrm.segments import compile_expression
+from scrm.tags import bulk_tag
 
 log = logging.getLogger("omnihub.jobs")
 
@@ -68,6 +70,29 @@ async def link_identity_job(ctx: dict[str, Any], adapter: str, account: str,
     hub: Hub = ctx["hub"]
     found = await asyncio.to_thread(identity_id, adapter, account, external_user_id)
     return len(await link_identity(hub, found)) if found else 0
+
+
+async def bulk_tag_job(ctx: dict[str, Any], job_id: str) -> int:
+    """Tag a segment in batches, recording progress on the Job for the API to show."""
+    job = await asyncio.to_thread(Job.objects(id=job_id).first)
+    if job is None or job.status == "done":
+        return 0
+    segment = await asyncio.to_thread(Segment.objects(id=job.detail["segment_id"]).first)
+    if segment is None:
+        await asyncio.to_thread(Job.objects(id=job_id).update_one, set__status="failed",
+                                set__detail__error="the segment was deleted")
+        return 0
+    query = compile_expression(segment.expression).filter
+
+    def run() -> int:
+        Job.objects(id=job_id).update_one(set__status="running")
+        done = bulk_tag(query, job.detail["add"], job.detail["remove"], job.detail["actor"],
+                        lambda n: Job.objects(id=job_id).update_one(set__done=n))
+        Job.objects(id=job_id).update_one(set__status="done", set__done=done,
+                                          set__finished_at=utcnow())
+        return done
+
+    return await asyncio.to_thread(run)
 
 
 def backoff(attempt: int, base: float) -> float:
@@ -135,6 +160,7 @@ FUNCTIONS = [
     func(send_message, name="send_message", max_tries=1_000),  # our own cap applies
     func(status_changed, name="status_changed"),
     func(link_identity_job, name="link_identity"),
+    func(bulk_tag_job, name="bulk_tag", timeout=3600),
 ]
 
 
