@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
-from bson import ObjectId
 from mongoengine.errors import NotUniqueError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -22,6 +18,7 @@ from hub.errors import BadRequest, Conflict, HubError, NotFound
 from hub.merging import merged
 from hub.models import Message
 from scrm import merge as merging
+from scrm.export import export_rows, render
 from scrm.models import (
     Customer,
     Identity,
@@ -480,59 +477,6 @@ def _segment(segment_id: str) -> Segment:
     return found
 
 
-EXPORT_FIELDS = ["id", "display_name", "phone", "email", "tags", "channels", "opted_out",
-                 "attributes", "last_seen_at", "created_at"]
-
-
-def export_rows(query: dict, batch: int = 1000) -> Iterator[dict]:
-    """Customers matching `query` with their phone and email, in constant memory."""
-    customers = Customer._get_collection()
-    last = None
-    while True:
-        page = {"$and": [query, {"_id": {"$gt": last}}]} if last else query
-        docs = list(customers.find(page).sort("_id", 1).limit(batch))
-        if not docs:
-            return
-        contact: dict[ObjectId, dict] = {}
-        for ident in Identity._get_collection().find(
-                {"customer_id": {"$in": [d["_id"] for d in docs]},
-                 "$or": [{"phone": {"$ne": None}}, {"email": {"$ne": None}}]},
-                {"customer_id": 1, "phone": 1, "email": 1}):
-            found = contact.setdefault(ident["customer_id"], {})
-            for key in ("phone", "email"):
-                if ident.get(key):
-                    found.setdefault(key, ident[key])
-        for d in docs:
-            yield {"id": str(d["_id"]), "display_name": d.get("display_name"),
-                   "phone": contact.get(d["_id"], {}).get("phone"),
-                   "email": contact.get(d["_id"], {}).get("email"),
-                   "tags": d.get("tags", []), "channels": d.get("channels", []),
-                   "opted_out": d.get("opted_out", []), "attributes": d.get("attributes", {}),
-                   "last_seen_at": serialize.iso(d.get("last_seen_at")),
-                   "created_at": serialize.iso(d.get("created_at"))}
-        last = docs[-1]["_id"]
-
-
-def export_lines(query: dict, fmt: str) -> Iterator[str]:
-    if fmt == "jsonl":
-        for row in export_rows(query):
-            yield json.dumps(row, ensure_ascii=False) + "\n"
-        return
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=EXPORT_FIELDS)
-    writer.writeheader()
-    for row in export_rows(query):
-        writer.writerow({**row, "tags": ";".join(row["tags"]),
-                         "channels": ";".join(row["channels"]),
-                         "opted_out": ";".join(row["opted_out"]),
-                         "attributes": json.dumps(row["attributes"], ensure_ascii=False)})
-        if buffer.tell() > 64 * 1024:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue()
-
-
 async def export_segment(request: Request) -> StreamingResponse:
     """
     summary: Export a saved segment as CSV or JSON lines, streamed
@@ -547,7 +491,8 @@ async def export_segment(request: Request) -> StreamingResponse:
     query = _compile(segment.expression)
     media = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
     filename = f"segment-{segment.id}.{fmt}"
-    return StreamingResponse(export_lines(query, fmt), media_type=media,
+    return StreamingResponse((text for text, _ in render(export_rows(query), fmt)),
+                             media_type=media,
                              headers={"Content-Disposition": f"attachment; filename={filename}"})
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -125,6 +126,82 @@ def keys_create(role: Annotated[str, typer.Option(help="admin, agent, marketer o
         key = create_key(role, name)
     typer.echo(f"Created a {role} key. It is shown once; store it now:", err=False)
     typer.echo(key)
+
+
+customers_cli = typer.Typer(help="Customer profiles.", no_args_is_help=True)
+segments_cli = typer.Typer(help="Segments of customers.", no_args_is_help=True)
+cli.add_typer(customers_cli, name="customers")
+cli.add_typer(segments_cli, name="segments")
+
+
+def _progress() -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    return Progress("[progress.description]{task.description}", BarColumn(),
+                    MofNCompleteColumn(), TimeRemainingColumn(), transient=False)
+
+
+@customers_cli.command("import")
+def customers_import(
+        file: Annotated[Path, typer.Argument(help="CSV with phone/email/app_user_id columns.")],
+        region: Annotated[str, typer.Option(help="Region for local phone numbers.")] = "CN",
+        config: ConfigOption = None) -> None:
+    """Import customers from CSV: deduplicated by identity, bad rows reported, re-runnable."""
+    from scrm.importer import import_csv
+
+    if not file.is_file():
+        typer.echo(f"error: {file} does not exist or is not a file", err=True)
+        raise typer.Exit(2)
+    with file.open("rb") as fh:
+        total = max(sum(1 for _ in fh) - 1, 0)
+    settings = _settings(config)
+    with _storage(settings), _progress() as progress:
+        task = progress.add_task("importing", total=total)
+        try:
+            report = import_csv(file, region.upper(),
+                                lambda n: progress.update(task, completed=n))
+        except (ValueError, UnicodeDecodeError) as exc:
+            typer.echo(f"error: {file}: {exc}; fix the file and run the import again", err=True)
+            raise typer.Exit(2) from None
+    for line, problem in report.bad:
+        typer.echo(f"line {line}: {problem} (skipped)", err=True)
+    typer.echo(f"{report.rows} rows: {report.created} new customers, {report.updated} updated, "
+               f"{len(report.bad)} skipped")
+    if report.bad:
+        typer.echo("Fix the skipped lines and import the file again; rows already imported "
+                   "are updated, not duplicated.", err=True)
+
+
+@segments_cli.command("export")
+def segments_export(
+        segment: Annotated[str, typer.Argument(help="A saved segment's name, or an expression.")],
+        output: Annotated[Path, typer.Option("--output", "-o", help="File to write.")],
+        fmt: Annotated[str, typer.Option("--format", help="csv or jsonl.")] = "csv",
+        config: ConfigOption = None) -> None:
+    """Export the customers of a segment to CSV or JSON lines, with a progress bar."""
+    from scrm.export import export_rows, render
+    from scrm.models import Customer, Segment
+    from scrm.segments import SegmentSyntaxError, compile_expression
+
+    if fmt not in ("csv", "jsonl"):
+        raise typer.BadParameter("choose csv or jsonl", param_hint="--format")
+    settings = _settings(config)
+    with _storage(settings):
+        saved = Segment.objects(name=segment).first()
+        expression = saved.expression if saved else segment
+        try:
+            query = compile_expression(expression).filter
+        except SegmentSyntaxError as exc:
+            typer.echo(f"error: no saved segment named {segment!r}, and as an expression: "
+                       f"{exc.message}", err=True)
+            raise typer.Exit(2) from None
+        total = Customer._get_collection().count_documents(query)
+        with output.open("w", encoding="utf-8", newline="") as fh, _progress() as progress:
+            task = progress.add_task("exporting", total=total)
+            for text, rows in render(export_rows(query), fmt):
+                fh.write(text)
+                progress.update(task, advance=rows)
+    typer.echo(f"{total} customers written to {output}")
 
 
 @cli.command()
