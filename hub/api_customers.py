@@ -488,10 +488,12 @@ async def export_segment(request: Request) -> StreamingResponse:
     if fmt not in ("csv", "jsonl"):
         raise BadRequest("format must be csv or jsonl", field="format")
     segment = await run_in_threadpool(_segment, request.path_params["id"])
-    query = _compile(segment.expression)
+    _compile(segment.expression)
+    compiled = compile_expression(segment.expression)
     media = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
     filename = f"segment-{segment.id}.{fmt}"
-    return StreamingResponse((text for text, _ in render(export_rows(query), fmt)),
+    rows = export_rows(compiled.filter, compiled.hint)
+    return StreamingResponse((text for text, _ in render(rows, fmt)),
                              media_type=media,
                              headers={"Content-Disposition": f"attachment; filename={filename}"})
 

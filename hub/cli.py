@@ -180,8 +180,8 @@ def segments_export(
         config: ConfigOption = None) -> None:
     """Export the customers of a segment to CSV or JSON lines, with a progress bar."""
     from scrm.export import export_rows, render
-    from scrm.models import Customer, Segment
-    from scrm.segments import SegmentSyntaxError, compile_expression
+    from scrm.models import Segment
+    from scrm.segments import SegmentSyntaxError, compile_expression, count
 
     if fmt not in ("csv", "jsonl"):
         raise typer.BadParameter("choose csv or jsonl", param_hint="--format")
@@ -190,15 +190,15 @@ def segments_export(
         saved = Segment.objects(name=segment).first()
         expression = saved.expression if saved else segment
         try:
-            query = compile_expression(expression).filter
+            compiled = compile_expression(expression)
         except SegmentSyntaxError as exc:
             typer.echo(f"error: no saved segment named {segment!r}, and as an expression: "
                        f"{exc.message}", err=True)
             raise typer.Exit(2) from None
-        total = Customer._get_collection().count_documents(query)
+        total = count(expression)
         with output.open("w", encoding="utf-8", newline="") as fh, _progress() as progress:
             task = progress.add_task("exporting", total=total)
-            for text, rows in render(export_rows(query), fmt):
+            for text, rows in render(export_rows(compiled.filter, compiled.hint), fmt):
                 fh.write(text)
                 progress.update(task, advance=rows)
     typer.echo(f"{total} customers written to {output}")

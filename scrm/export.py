@@ -21,13 +21,12 @@ EXPORT_FIELDS = ["id", "display_name", "phone", "email", "tags", "channels", "op
                  "attributes", "last_seen_at", "created_at"]
 
 
-def export_rows(query: dict, batch: int = 1000) -> Iterator[dict]:
-    """Customers matching `query` with their phone and email, in constant memory."""
-    customers = Customer._get_collection()
-    last = None
+def export_rows(query: dict, hint: str | None = None, batch: int = 1000) -> Iterator[dict]:
+    """Customers matching `query` with their phone and email: one pass, constant memory."""
+    cursor = Customer._get_collection().find(query, batch_size=batch,
+                                             **({"hint": hint} if hint else {}))
     while True:
-        page = {"$and": [query, {"_id": {"$gt": last}}]} if last else query
-        docs = list(customers.find(page).sort("_id", 1).limit(batch))
+        docs = [d for _, d in zip(range(batch), cursor, strict=False)]
         if not docs:
             return
         contact: dict[ObjectId, dict] = {}
@@ -47,7 +46,6 @@ def export_rows(query: dict, batch: int = 1000) -> Iterator[dict]:
                    "opted_out": d.get("opted_out", []), "attributes": d.get("attributes", {}),
                    "last_seen_at": _iso(d.get("last_seen_at")),
                    "created_at": _iso(d.get("created_at"))}
-        last = docs[-1]["_id"]
 
 
 def render(rows: Iterator[dict], fmt: str) -> Iterator[tuple[str, int]]:
