@@ -29,3 +29,9 @@ async def post_app(client, body: bytes, account: str = "mobile", secret: str = A
                    headers: dict | None = None, now: float | None = None):
     h = signed_headers(secret, body, now) if headers is None else headers
     return await client.post(f"/webhooks/app/{account}", content=body, headers=h)
+
+
+@pytest.fixture
+async def hub_factory_sync(hub_factory):
+    """Storage opened on a fresh database, for tests of synchronous SCRM code."""
+    return await hub_factory()

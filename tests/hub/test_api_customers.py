@@ -147,8 +147,8 @@ async def test_segment_preview_save_and_syntax_errors(hub_factory, app_account):
     error = r.json()["error"]
     assert error["code"] == "segment_syntax" and error["field"] == "expression"
     assert "position 24" in error["message"] and "expected )" in error["message"]
-    r = await h.client.post("/v1/segments", headers=auth,
-                            json={"name": "上海 VIP", "expression": 'tag:vip AND attr.city = "上海"'})
+    shanghai_vip = {"name": "上海 VIP", "expression": 'tag:vip AND attr.city = "上海"'}
+    r = await h.client.post("/v1/segments", headers=auth, json=shanghai_vip)
     assert r.status_code == 201
     r = await h.client.post("/v1/segments", headers=auth,
                             json={"name": "上海 VIP", "expression": "tag:vip"})
