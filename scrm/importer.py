@@ -19,6 +19,7 @@ from typing import Any
 import phonenumbers
 from bson import ObjectId
 from pymongo import UpdateOne
+from pymongo.errors import BulkWriteError
 
 from scrm.models import Customer, Identity, utcnow
 from scrm.tags import ensure_tags, valid_tag
@@ -119,39 +120,54 @@ def import_csv(path: Path, region: str = "CN",
 
 def _write(rows: list[Row], report: ImportReport) -> None:
     now = utcnow()
-    keys = [(kind, value) for row in rows for kind, value in row.identifiers.items()]
-    existing = {(d["account"], d["external_user_id"]): d["customer_id"]
-                for d in Identity._get_collection().find(
-                    {"adapter": "profile", "$or": [_key(k, v) for k, v in keys]},
-                    {"account": 1, "external_user_id": 1, "customer_id": 1})}
+    existing: dict[tuple[str, str], ObjectId] = {}
+    for kind in IDENTIFIERS:  # one indexed query per kind; any channel's identity counts
+        values = [row.identifiers[kind] for row in rows if kind in row.identifiers]
+        if values:
+            for d in Identity._get_collection().find({kind: {"$in": values}},
+                                                     {kind: 1, "customer_id": 1}):
+                existing.setdefault((kind, d[kind]), d["customer_id"])
     ensure_tags(sorted({t for row in rows for t in row.tags}))
-    customer_ops, identity_ops = [], []
+    new_customers, updates, new_identities = [], [], []
     for row in rows:
         known = next((existing[k] for k in row.identifiers.items() if k in existing), None)
-        first = next(iter(row.identifiers.items()))
-        customer_id = known or _stable_id(*first)
+        attributes = {f"attributes.{k}": v for k, v in row.attributes.items()}
         if known:
             report.updated += 1
+            change: dict[str, Any] = {"$set": {"updated_at": now, **attributes}}
+            if row.tags:
+                change["$addToSet"] = {"tags": {"$each": row.tags}}
+            if row.name:
+                change["$set"]["display_name"] = row.name
+            updates.append(UpdateOne({"_id": known}, change))
+            customer_id = known
         else:
             report.created += 1
-        update: dict[str, Any] = {
-            "$setOnInsert": {"created_at": now, "consent": {}, "opted_out": [], "channels": [],
-                             "context": {}, "attribute_history": []},
-            "$set": {"updated_at": now, **{f"attributes.{k}": v
-                                           for k, v in row.attributes.items()}},
-        }
-        if row.tags:
-            update["$addToSet"] = {"tags": {"$each": row.tags}}
-        else:
-            update["$setOnInsert"]["tags"] = []
-        if row.name:
-            update["$set"]["display_name"] = row.name
-        customer_ops.append(UpdateOne({"_id": customer_id}, update, upsert=True))
+            customer_id = _stable_id(*next(iter(row.identifiers.items())))
+            new_customers.append({
+                "_id": customer_id, "display_name": row.name, "tags": row.tags,
+                "attributes": row.attributes, "consent": {}, "opted_out": [], "channels": [],
+                "context": {}, "attribute_history": [], "created_at": now, "updated_at": now})
         for kind, value in row.identifiers.items():
-            existing.setdefault((kind, value), customer_id)
-            identity_ops.append(UpdateOne(_key(kind, value), {"$setOnInsert": {
-                **_key(kind, value), kind: value, "customer_id": customer_id,
-                "verified": False, "source": "import", "created_at": now}}, upsert=True))
-    # Customers first: a crash between the two writes leaves no identity without its customer.
-    Customer._get_collection().bulk_write(customer_ops, ordered=False)
-    Identity._get_collection().bulk_write(identity_ops, ordered=False)
+            if (kind, value) not in existing:
+                existing[(kind, value)] = customer_id
+                new_identities.append({**_key(kind, value), kind: value,
+                                       "customer_id": customer_id, "verified": False,
+                                       "source": "import", "created_at": now})
+    # Customers first: a crash between the writes leaves no identity without its customer,
+    # and the stable ids make the re-run's inserts of what already exists harmless.
+    _insert_new(Customer._get_collection(), new_customers)
+    if updates:
+        Customer._get_collection().bulk_write(updates, ordered=False)
+    _insert_new(Identity._get_collection(), new_identities)
+
+
+def _insert_new(collection: Any, docs: list[dict]) -> None:
+    """insert_many that skips documents a previous (interrupted) run already wrote."""
+    if not docs:
+        return
+    try:
+        collection.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+            raise

@@ -64,3 +64,31 @@ def test_cli_import_and_export_with_progress(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "does not exist" in out.stderr
 
+
+
+def test_an_import_that_crashed_half_way_can_be_run_again(tmp_path, hub_factory_sync,
+                                                         monkeypatch):
+    import scrm.importer as importer
+
+    path = tmp_path / "customers.csv"
+    path.write_text(CSV, encoding="utf-8")
+    real = importer._insert_new
+    calls = []
+
+    def crash_on_identities(collection, docs):
+        calls.append(collection.name)
+        if collection.name == "identities":
+            raise RuntimeError("killed mid-import")
+        real(collection, docs)
+
+    monkeypatch.setattr(importer, "_insert_new", crash_on_identities)
+    try:
+        import_csv(path, "CN")
+    except RuntimeError:
+        pass
+    assert calls == ["customers", "identities"]
+    assert Customer.objects.count() == 3 and Identity.objects.count() == 0
+    monkeypatch.setattr(importer, "_insert_new", real)
+    report = import_csv(path, "CN")
+    assert Customer.objects.count() == 3 and Identity.objects.count() == 4
+    assert report.bad and len(report.bad) == 3
