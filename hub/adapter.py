@@ -168,6 +168,10 @@ class Adapter:
         """Validate one `[[accounts]]` table; raise ConfigError naming account and field."""
         return dict(settings)
 
+    def handoff_link(self, account: Account, token: str, code: str) -> str | None:
+        """A link that opens this channel with a handoff's code or token filled in."""
+        return None
+
     def replies_after_opt_out(self, account: Account) -> bool:
         """Whether replies (not marketing) may still go to a customer who opted out."""
         return False

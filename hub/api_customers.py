@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from hub import serialize
+from hub import handoff, serialize
 from hub.api import READERS, _authorize, _hub, json_body, object_id, page_params, paged
 from hub.errors import BadRequest, Conflict, HubError, NotFound
 from hub.merging import merged
@@ -535,7 +535,60 @@ async def get_job(request: Request) -> JSONResponse:
                          "finished_at": serialize.iso(job.finished_at)})
 
 
+# ---- handoffs -------------------------------------------------------------------------------
+
+async def create_handoff(request: Request) -> JSONResponse:
+    """
+    summary: An app hands its user to another channel with where they stopped
+    requestBody: {content: {application/json: {example: {customer: {app_user_id: "u-42",
+      phone: "+8613800138000"}, context: {screen: loan_form, step: 3, order: "20261124"},
+      channels: [wechat, sms], ttl_s: 1800}}}}
+    responses: {201: {description: "{token, code, expires_at, wechat_scene, deep_links}"}}
+    """
+    await _authorize(request, ("app",))
+    data = await json_body(request)
+    person = data.get("customer")
+    if not isinstance(person, dict) or not isinstance(person.get("app_user_id"), str) or \
+            not 0 < len(person["app_user_id"]) <= 256:
+        raise BadRequest("customer.app_user_id is required", field="customer.app_user_id")
+    context = data.get("context") or {}
+    if not isinstance(context, dict):
+        raise BadRequest("context must be an object", field="context")
+    check_attributes(context, "context")
+    if len(json.dumps(context, ensure_ascii=False).encode()) > handoff.MAX_CONTEXT_BYTES:
+        raise BadRequest(f"context is larger than {handoff.MAX_CONTEXT_BYTES} bytes",
+                         field="context")
+    ttl = data.get("ttl_s", handoff.DEFAULT_TTL_S)
+    if not isinstance(ttl, int) or not 60 <= ttl <= handoff.MAX_TTL_S:
+        raise BadRequest(f"ttl_s must be 60 to {handoff.MAX_TTL_S} seconds", field="ttl_s")
+    hub = _hub(request)
+    configured = sorted({adapter for adapter, _ in hub.accounts})
+    channels = data.get("channels") or configured
+    if not isinstance(channels, list) or any(c not in configured for c in channels):
+        raise BadRequest(f"channels must be among the configured ones: {', '.join(configured)}",
+                         field="channels")
+    phone = _e164(person["phone"]) if person.get("phone") else None
+    email = str(person["email"]).strip().lower() if person.get("email") else None
+    if email is not None and "@" not in email:
+        raise BadRequest("customer.email is not an email address", field="customer.email")
+
+    def make() -> dict:
+        customer_id = handoff.app_customer(person["app_user_id"])
+        created = handoff.create(customer_id, person["app_user_id"], context, channels, ttl,
+                                 phone, email)
+        links: dict[str, str] = {}
+        for (adapter, _), account in sorted(hub.accounts.items()):
+            if adapter in channels:
+                link = account.adapter.handoff_link(account, created.token, created.code)
+                if link:
+                    links.setdefault(adapter, link)
+        return handoff.handoff_json(created, links)
+
+    return JSONResponse(await run_in_threadpool(make), status_code=201)
+
+
 ROUTES = [
+    Route("/v1/handoffs", create_handoff, methods=["POST"]),
     Route("/v1/customers/merge", merge_customers, methods=["POST"]),
     Route("/v1/customers", find_customers, methods=["GET"]),
     Route("/v1/customers/{id}", patch_customer, methods=["PATCH"]),

@@ -72,6 +72,13 @@ def customers_merged(merge: Any, source_id: Any, target_id: Any) -> None:
 
 
 @hookspec
+def handoff_resolved(handoff: Any, message: Message, conversation: Conversation) -> None:
+    """A customer arrived on another channel with an app's handoff; `message` brought it and
+    `conversation` now carries its context. May be `async def`.
+    """
+
+
+@hookspec
 def message_status_changed(message: Message, old_status: str, new_status: str) -> None:
     """An outbound message moved on: queued → sent → delivered/read, or → failed.
 

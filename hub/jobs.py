@@ -16,6 +16,7 @@ from arq import Retry
 from arq.worker import Worker, func
 
 from hub.errors import NotFound, SendError, Throttled, Unprocessable
+from hub.handoff import resolve
 from hub.merging import identity_id, link_identity
 from hub.models import Conversation, Message
 from hub.policy import check_outbound_allowed
@@ -95,6 +96,23 @@ async def bulk_tag_job(ctx: dict[str, Any], job_id: str) -> int:
     return await asyncio.to_thread(run)
 
 
+async def resolve_handoff_job(ctx: dict[str, Any], message_id: str) -> str | None:
+    """Resolve the handoff an inbound message may carry; fires `handoff_resolved`."""
+    hub: Hub = ctx["hub"]
+    message = await asyncio.to_thread(Message.objects(id=message_id).first)
+    if message is None:
+        return None
+    handoff = await asyncio.to_thread(resolve, message, hub.redis)
+    if handoff is None:
+        return None
+    message = await asyncio.to_thread(Message.objects(id=message_id).first)
+    conversation = await asyncio.to_thread(
+        Conversation.objects(id=message.conversation_id).first)
+    await hub.plugins.call("handoff_resolved", handoff=handoff, message=message,
+                           conversation=conversation)
+    return str(handoff.id)
+
+
 def backoff(attempt: int, base: float) -> float:
     """Exponential backoff with ±20 % jitter so retries of many messages spread out."""
     return base * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
@@ -161,6 +179,7 @@ FUNCTIONS = [
     func(status_changed, name="status_changed"),
     func(link_identity_job, name="link_identity"),
     func(bulk_tag_job, name="bulk_tag", timeout=3600),
+    func(resolve_handoff_job, name="resolve_handoff"),
 ]
 
 

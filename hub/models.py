@@ -126,6 +126,45 @@ class Media(_Document):
     meta = {"collection": "media"}
 
 
+class Handoff(_Document):
+    """A short-lived, single-use context token an app creates before sending its user to
+    another channel. The token and the code are stored only as SHA-256 digests."""
+
+    token_digest = StringField(required=True, unique=True)
+    code_digest = StringField(required=True)
+    wechat_scene = StringField(required=True, unique=True)
+    customer_id = ObjectIdField(required=True)
+    app_user_id = StringField(required=True)
+    phone = StringField()
+    email = StringField()
+    context = DictField()
+    channels = ListField(StringField())
+    status = StringField(choices=("pending", "resolved", "expired"), default="pending")
+    created_at = DateTimeField(default=utcnow)
+    expires_at = DateTimeField(required=True)
+    resolved_at = DateTimeField()
+    resolved_by = DictField()
+
+    meta = {"collection": "handoffs",
+            "indexes": [{"fields": ["code_digest"], "name": "pending_code", "unique": True,
+                         "partialFilterExpression": {"status": "pending"}},
+                        ["phone", "status"], ["email", "status"]]}
+
+
+class HandoffAttempt(_Document):
+    """Every attempt to resolve a handoff, successful or not (the audit trail)."""
+
+    handoff_id = ObjectIdField()
+    adapter = StringField()
+    account = StringField()
+    sender = StringField()
+    via = StringField()  # scene, code, token, phone, email
+    outcome = StringField()  # resolved, wrong, expired, reused, throttled
+    at = DateTimeField(default=utcnow)
+
+    meta = {"collection": "handoff_attempts", "indexes": [["handoff_id", "at"], "-at"]}
+
+
 class ApiKey(_Document):
     """An API key, stored as a SHA-256 digest (keys are 256-bit random, so no KDF needed)."""
 
@@ -139,4 +178,5 @@ class ApiKey(_Document):
     meta = {"collection": "api_keys"}
 
 
-DOCUMENTS: tuple[type[_Document], ...] = (Message, Conversation, ApiKey, Media)
+DOCUMENTS: tuple[type[_Document], ...] = (Message, Conversation, ApiKey, Media, Handoff,
+                                          HandoffAttempt)

@@ -7,10 +7,12 @@ configured and where the data is.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
 import httpx
+import redis
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from redis.exceptions import RedisError
@@ -60,6 +62,12 @@ class Hub:
         self.queue = await create_pool(RedisSettings.from_dsn(self.servers.redis_url),
                                        default_queue_name=QUEUE)
         self.http = httpx.AsyncClient(timeout=self.settings.outbound_timeout_s)
+
+    @functools.cached_property
+    def redis(self) -> redis.Redis:
+        """A synchronous Redis client, for counters used from worker threads."""
+        assert self.servers is not None
+        return redis.Redis.from_url(self.servers.redis_url)
 
     async def run_background(self, role: str) -> list[asyncio.Task]:
         """Start what plugins want running beside this process (see `background_tasks`)."""

@@ -121,6 +121,9 @@ class EmailAdapter(Adapter):
         values = {k: v for k, v in settings.items() if k not in ("address", "inbound_secret")}
         return EmailSettings(address=addr, inbound_secret=secret, **values)
 
+    def handoff_link(self, account: Account, token: str, code: str) -> str | None:
+        return f"mailto:{account.settings.address}?subject={token}"
+
     def start(self, services: Services) -> None:
         self._redis = redis.Redis.from_url(services.redis_url)
 

@@ -164,6 +164,10 @@ class SmsAdapter(Adapter):
         self._redis = redis.Redis.from_url(services.redis_url)
         self._clients.clear()
 
+    def handoff_link(self, account: Account, token: str, code: str) -> str | None:
+        number = account.settings.from_number
+        return f"sms:{number}?body={code}" if number else None
+
     def replies_after_opt_out(self, account: Account) -> bool:
         return account.settings.replies_after_opt_out
 
