@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from hub import auth, serialize
-from hub.adapter import MESSAGE_KINDS, attachments_from_json
+from hub.adapter import MESSAGE_KINDS, Account, attachments_from_json
 from hub.errors import (
     BadRequest,
     Conflict,
@@ -306,11 +306,38 @@ def _prepare_outbound(hub: Hub, data: dict, sent_by: str) -> Message:
         attachments=[a.fields() for a in attachments], status="queued", sent_by=sent_by,
         created_at=now, updated_at=now,
     )
-    check_outbound_allowed(account, message)
+    try:
+        check_outbound_allowed(account, message)
+    except Unprocessable as exc:
+        if not data.get("adapter"):  # the default route: say which channels can deliver
+            exc.extra["alternatives"] = _alternatives(hub, message, account)
+        raise
     message.save()
     Conversation.objects(id=conversation.id).update_one(set__updated_at=now,
                                                          set__last_message_at=now)
     return message
+
+
+def _alternatives(hub: Hub, draft: Message, refused: Account) -> list[dict]:
+    """The customer's other channels that could take this message now."""
+    out = []
+    for identity in Identity.objects(customer_id=draft.customer_id, adapter__ne="profile"):
+        key = (identity.adapter, identity.account)
+        if key == (refused.adapter.name, refused.name) or key not in hub.accounts:
+            continue
+        account = hub.accounts[key]
+        if draft.kind not in account.adapter.kinds:
+            continue
+        candidate = Message(direction="out", adapter=identity.adapter, account=identity.account,
+                            external_user_id=identity.external_user_id,
+                            customer_id=draft.customer_id, kind=draft.kind,
+                            purpose=draft.purpose)
+        try:
+            check_outbound_allowed(account, candidate)
+        except Unprocessable:
+            continue
+        out.append({"adapter": identity.adapter, "account": identity.account})
+    return out
 
 
 def _open_for_outbound(customer_id: ObjectId) -> Conversation:

@@ -16,6 +16,7 @@ class HubError(Exception):
         super().__init__(message)
         self.message = message
         self.field = field
+        self.extra: dict = {}  # more for the caller, e.g. the channels that could be used
         if code:
             self.code = code
         if status:
@@ -25,7 +26,7 @@ class HubError(Exception):
         body: dict = {"code": self.code, "message": self.message}
         if self.field:
             body["field"] = self.field
-        return {"error": body}
+        return {"error": {**body, **self.extra}}
 
 
 class BadRequest(HubError):

@@ -112,9 +112,9 @@ def _throttled(store: redis.Redis, message: Message) -> bool:
     account = f"omnihub:handoff:guess:{message.adapter}:{message.account}"
     pipe = store.pipeline()
     for key in (sender, account):
+        pipe.set(key, 0, ex=GUESS_WINDOW_S, nx=True)  # the window starts at the first guess
         pipe.incr(key)
-        pipe.expire(key, GUESS_WINDOW_S, nx=True)
-    by_sender, _, by_account, _ = pipe.execute()
+    _, by_sender, _, by_account = pipe.execute()
     return by_sender > GUESSES_PER_SENDER or by_account > GUESSES_PER_ACCOUNT
 
 

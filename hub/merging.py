@@ -41,10 +41,16 @@ class ConversationsAndMessages:
                 {"_id": folded["_id"]},
                 {"$set": {"active": False, "status": "resolved", "resolved_at": utcnow(),
                           "context.folded_into": into["_id"]}}, session=session)
+            latest: dict[str, Any] = {"updated_at": utcnow()}
+            if (folded.get("last_message_at") or utcnow().min) > \
+                    (into.get("last_message_at") or utcnow().min):
+                # the reply goes where the customer wrote last, whichever side that was
+                latest.update(last_inbound=folded.get("last_inbound"),
+                              last_message_at=folded["last_message_at"])
             conversations.update_one(
                 {"_id": into["_id"]},
                 {"$addToSet": {"channels": {"$each": folded.get("channels") or []}},
-                 "$set": {"updated_at": utcnow()}}, session=session)
+                 "$set": latest}, session=session)
             moves.update(folded=folded["_id"], into=into["_id"])
         conversations.update_many({"customer_id": source}, {"$set": {"customer_id": target}},
                                   session=session)
