@@ -140,3 +140,35 @@ def test_demo_walks_a_customer_through(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "signature ok: True" in out.stdout
     assert "-> [app/demo-app] sent" in out.stdout
+
+
+def test_mobile_handoff_example_runs_against_serve(tmp_path):
+    """examples/mobile_handoff.py, as its docstring says to run it."""
+    root = Path(__file__).resolve().parents[2]
+    port = free_port()
+    config = tmp_path / "handoff.toml"
+    config.write_text((root / "examples" / "mobile_handoff.toml").read_text().replace(
+        "http://127.0.0.1:8000", f"http://127.0.0.1:{port}"))
+    env = {**os.environ, "OMNIHUB_LOG_LEVEL": "WARNING"}
+    with (tmp_path / "serve.log").open("w") as log:
+        serve = subprocess.Popen(OMNIHUB + ["serve", "--port", str(port), "--config",
+                                            str(config)], cwd=tmp_path, env=env, stdout=log,
+                                 stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        out = subprocess.run([sys.executable, str(root / "examples" / "mobile_handoff.py"),
+                              "--hub", f"http://127.0.0.1:{port}", "--config", str(config)],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "where they stopped: screen=loan_application step=3 error=E1024" in out.stdout
+        assert "channels: app, sms, wechat" in out.stdout
+        assert "handoff_resolved" in out.stdout
+    finally:
+        serve.send_signal(signal.SIGINT)
+        serve.wait(30)
