@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import httpx
 from starlette.responses import JSONResponse, Response
 
-from hub.errors import BadRequest, ConfigError, NotFound
+from hub.errors import BadRequest, ConfigError, NotFound, SendError
 
 if TYPE_CHECKING:
-    import httpx
-
     from hub.models import Message
 
 MESSAGE_KINDS = ("text", "image", "audio", "video", "file", "location", "link", "card", "event")
@@ -218,6 +217,22 @@ def require_setting(account: str, settings: Mapping[str, Any], key: str, kind: t
     if not isinstance(value, kind):
         raise ConfigError(f"account {account!r}: setting {key!r} must be a {kind.__name__}")
     return value
+
+
+async def download(http: httpx.AsyncClient, url: str, limit: int) -> tuple[bytes, str | None]:
+    """Fetch an attachment to send it on, as (bytes, content type); raises SendError
+    (permanent for a 4xx or a file over `limit`) so the job knows whether to retry.
+    """
+    try:
+        response = await http.get(url)
+    except httpx.HTTPError as exc:
+        raise SendError(f"cannot download {url}: {type(exc).__name__}") from None
+    if response.status_code != 200:
+        raise SendError(f"{url} answered {response.status_code}",
+                        permanent=400 <= response.status_code < 500)
+    if len(response.content) > limit:
+        raise SendError(f"{url} is larger than {limit} bytes", permanent=True)
+    return response.content, response.headers.get("content-type")
 
 
 def attachments_from_json(value: Any) -> list[Attachment]:

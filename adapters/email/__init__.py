@@ -45,6 +45,7 @@ from hub.adapter import (
     SendResult,
     Services,
     WebhookRequest,
+    download,
     require_setting,
 )
 from hub.errors import BadRequest, ConfigError, HubError, SendError, Unavailable
@@ -218,14 +219,7 @@ class EmailAdapter(Adapter):
                     raise SendError(f"attachment {a.media_id} is not stored", permanent=True)
                 data = media.data
             else:
-                try:
-                    response = await http.get(a.url)
-                except httpx.HTTPError as exc:
-                    raise SendError(f"cannot download {a.url}: {type(exc).__name__}") from None
-                if response.status_code != 200:
-                    raise SendError(f"{a.url} answered {response.status_code}",
-                                    permanent=400 <= response.status_code < 500)
-                data = response.content
+                data, _ = await download(http, a.url or "", limit)
             if len(data) > limit:
                 raise SendError(f"attachment {a.name or a.url} is larger than {limit} bytes",
                                 permanent=True)

@@ -52,6 +52,7 @@ from hub.adapter import (
     SendResult,
     Services,
     WebhookRequest,
+    download,
     require_setting,
 )
 from hub.enrich import profile_fetched, record_profile
@@ -260,18 +261,10 @@ class WeChatAdapter(Adapter):
             raise SendError("an image message needs an image attachment", permanent=True)
         if image.media_id:
             return str(image.media_id)
-        try:
-            response = await http.get(image.url)
-        except httpx.HTTPError as exc:
-            raise SendError(f"cannot download the image: {type(exc).__name__}") from None
-        if response.status_code != 200:
-            raise SendError(f"the image URL answered {response.status_code}",
-                            permanent=400 <= response.status_code < 500)
-        if len(response.content) > MAX_IMAGE_BYTES:
-            raise SendError("the image is larger than WeChat's 10 MB limit", permanent=True)
+        data, content_type = await download(http, image.url or "", MAX_IMAGE_BYTES)
         name = urlsplit(image.url).path.rsplit("/", 1)[-1] or "image.jpg"
-        mime = image.mime or response.headers.get("content-type", "image/jpeg")
-        upload = (name, io.BytesIO(response.content), mime)
+        mime = image.mime or content_type or "image/jpeg"
+        upload = (name, io.BytesIO(data), mime)
         result = await self._call(lambda: client.media.upload("image", upload))
         return str(result["media_id"])
 
