@@ -162,6 +162,7 @@ class Adapter:
     max_text_length: ClassVar[int | None] = None
     secret_settings: ClassVar[Sequence[str]] = ()
     has_reply_window: ClassVar[bool] = False  # replies only within a window after the customer
+    max_body_bytes: ClassVar[int | None] = None  # webhook body limit, if not the hub's
 
     def configure(self, account: str, settings: Mapping[str, Any]) -> Any:
         """Validate one `[[accounts]]` table; raise ConfigError naming account and field."""

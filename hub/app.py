@@ -63,7 +63,8 @@ async def webhook(request: Request) -> Response:
     outcome = "error"
     try:
         account = hub.account(adapter_name, request.path_params["account"])
-        body = await read_body(request, hub.settings.max_body_bytes)
+        body = await read_body(request, account.adapter.max_body_bytes or
+                               hub.settings.max_body_bytes)
         incoming = WebhookRequest(
             method=request.method, url=str(request.url),
             headers={k.lower(): v for k, v in request.headers.items()},

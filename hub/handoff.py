@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
+from mongoengine.errors import NotUniqueError
 from pymongo.errors import DuplicateKeyError
 
 from hub.models import Conversation, Handoff, HandoffAttempt, Message
@@ -62,9 +63,7 @@ def create(customer_id: ObjectId, app_user_id: str, context: dict, channels: lis
             channels=channels, created_at=now, expires_at=now + timedelta(seconds=ttl_s))
         try:
             handoff.save()
-        except Exception as exc:  # NotUniqueError from mongoengine: another pending code
-            if "duplicate" not in str(exc).lower():
-                raise
+        except NotUniqueError:  # that code is pending for someone else: draw again
             continue
         return Created(handoff, token, code)
     raise RuntimeError("could not allocate a handoff code")

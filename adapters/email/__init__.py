@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("omnihub.email")
 SECURITY = ("starttls", "tls", "none")
+MAX_MAIL_BYTES = 35 * 1024 * 1024  # a 25 MB attachment, base64-encoded
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class EmailAdapter(Adapter):
     kinds = ("text", "image", "audio", "video", "file")
     max_text_length = 100_000
     secret_settings = ("inbound_secret", "smtp_password", "imap_password")
+    max_body_bytes = MAX_MAIL_BYTES
 
     def __init__(self) -> None:
         self._redis: redis.Redis | None = None
@@ -303,7 +305,7 @@ class Receiver:
 async def run_smtp_receiver(hub: Hub) -> None:
     host, _, port = (hub.settings.smtp_listen or "").rpartition(":")
     loop = asyncio.get_running_loop()
-    factory = partial(SMTP, Receiver(hub), data_size_limit=hub.settings.max_body_bytes,
+    factory = partial(SMTP, Receiver(hub), data_size_limit=MAX_MAIL_BYTES,
                       enable_SMTPUTF8=True, decode_data=False)
     server = await loop.create_server(factory, host or "127.0.0.1", int(port))
     log.info("smtp receiver listening", extra={"listen": hub.settings.smtp_listen})
