@@ -1,4 +1,5 @@
-"""`omnihub demo`: one customer writes from the app, an agent answers, the app gets the reply.
+"""`omnihub demo`: one customer writes from the app, an agent answers, the app gets the reply;
+then the customer continues by SMS with a handoff code and the agent sees one conversation.
 
 Everything runs for real: embedded servers, signed webhooks, the arq worker, and a local
 HTTP server standing in for the app backend that receives the signed reply.
@@ -11,6 +12,7 @@ import dataclasses
 import json
 import secrets
 import socket
+from urllib.parse import urlencode
 
 import httpx
 import uvicorn
@@ -18,12 +20,14 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from twilio.request_validator import RequestValidator
 
 from hub.app import create_app
 from hub.auth import create_key
 from hub.config import Settings
 from hub.jobs import make_worker
 from hub.runtime import Hub
+from hub.signing import sign, signed_headers
 
 
 def _free_port() -> int:
@@ -33,14 +37,15 @@ def _free_port() -> int:
 
 
 async def run_demo(settings: Settings) -> None:
-    from adapters.app import sign, signed_headers
-
     secret = secrets.token_hex(16)
     port = _free_port()
     account = {"adapter": "app", "name": "demo-app", "secret": secret,
                "callback_url": f"http://127.0.0.1:{port}/omnihub-callback"}
+    sms = {"adapter": "sms", "name": "demo-sms", "account_sid": "AC" + "0" * 32,
+           "auth_token": secrets.token_hex(16), "from_number": "+15005550006",
+           "public_url": "https://hub.demo.invalid"}
     settings = dataclasses.replace(settings, database=settings.database + "_demo",
-                                   accounts=(*settings.accounts, account),
+                                   accounts=(*settings.accounts, account, sms),
                                    outbound_retry_base_s=0.2)
     received: list[dict] = []
 
@@ -96,13 +101,32 @@ async def run_demo(settings: Settings) -> None:
                 print(f"4. The app backend received (signature ok: {item['signature_ok']}): "
                       f"{item['text']}")
 
-            r = await client.get(f"/v1/conversations/{conversation['id']}/messages",
-                                 headers=auth)
-            print("5. The conversation as the agent sees it:")
+            app_key = await asyncio.to_thread(create_key, "app", "demo app backend")
+            r = await client.post("/v1/handoffs", headers={"Authorization": f"Bearer {app_key}"},
+                                  json={"customer": {"app_user_id": user},
+                                        "context": {"screen": "order_detail", "step": 3,
+                                                    "order_id": "20261124"}})
+            code = r.json()["code"]
+            print(f"5. The customer leaves the app and texts the handoff code {code} by SMS.")
+            form = {"MessageSid": "SM" + secrets.token_hex(16), "AccountSid": sms["account_sid"],
+                    "From": "+8613800138000", "To": sms["from_number"],
+                    "Body": f"我是刚才 App 里的，码 {code}", "NumMedia": "0"}
+            url = f"{sms['public_url']}/webhooks/sms/demo-sms"
+            signature = RequestValidator(sms["auth_token"]).compute_signature(url, form)
+            await client.post("/webhooks/sms/demo-sms", content=urlencode(form).encode(),
+                              headers={"X-Twilio-Signature": signature, "Content-Type":
+                                       "application/x-www-form-urlencoded"})
+            await make_worker(hub, burst=True).run_check()
+
+            r = await client.get(f"/v1/customers/{customer['id']}/timeline", headers=auth)
+            print("6. One customer, one conversation, both channels, as the agent sees it:")
             for m in r.json()["items"]:
                 arrow = "<-" if m["direction"] == "in" else "->"
-                print(f"   {arrow} [{m['adapter']}/{m['account']}] {m['status']:9} {m['text']}"
-                      + (f"   context={m['context']}" if m["context"] else ""))
+                what = m["text"] or (m["event"] or {}).get("name")
+                print(f"   {arrow} [{m['adapter']}/{m['account']}] {m['status']:9} {what}")
+            conv = (await client.get(f"/v1/conversations/{conversation['id']}",
+                                     headers=auth)).json()
+            print(f"   context the agent sees: {conv['context'].get('handoff')}")
     finally:
         await hub.close()
         backend.should_exit = True

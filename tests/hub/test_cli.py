@@ -140,6 +140,7 @@ def test_demo_walks_a_customer_through(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "signature ok: True" in out.stdout
     assert "-> [app/demo-app] sent" in out.stdout
+    assert "<- [sms/demo-sms] received  handoff_resolved" in out.stdout
 
 
 def test_mobile_handoff_example_runs_against_serve(tmp_path):
