@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import json
 import secrets
-import socket
 from urllib.parse import urlencode
 
 import httpx
@@ -25,20 +24,15 @@ from twilio.request_validator import RequestValidator
 from hub.app import create_app
 from hub.auth import create_key
 from hub.config import Settings
+from hub.embedded import free_port
 from hub.jobs import make_worker
 from hub.runtime import Hub
 from hub.signing import sign, signed_headers
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def run_demo(settings: Settings) -> None:
     secret = secrets.token_hex(16)
-    port = _free_port()
+    port = free_port()
     account = {"adapter": "app", "name": "demo-app", "secret": secret,
                "callback_url": f"http://127.0.0.1:{port}/omnihub-callback"}
     sms = {"adapter": "sms", "name": "demo-sms", "account_sid": "AC" + "0" * 32,

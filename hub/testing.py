@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 import uuid
@@ -32,14 +31,7 @@ from starlette.routing import Route
 
 from hub.adapter import MESSAGE_KINDS, Account, WebhookRequest
 from hub.config import Settings
-from hub.embedded import Servers, acquire, release
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
+from hub.embedded import Servers, acquire, free_port, release
 
 # ---- a fake third-party HTTP API -----------------------------------------------------------
 
