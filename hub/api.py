@@ -113,11 +113,16 @@ async def list_conversations(request: Request) -> JSONResponse:
         paged, Conversation.objects(**filters), limit, cursor, True, serialize.conversation))
 
 
-def _conversation(conversation_id: str) -> Conversation:
-    doc = Conversation.objects(id=object_id(conversation_id, "id")).first()
+def get_or_404(document: Any, raw_id: str, what: str) -> Any:
+    """The document with that id, or 400 for a malformed id and 404 for an unknown one."""
+    doc = document.objects(id=object_id(raw_id, "id")).first()
     if doc is None:
-        raise NotFound(f"no conversation {conversation_id}", code="unknown_conversation")
+        raise NotFound(f"no {what} {raw_id}", code=f"unknown_{what}")
     return doc
+
+
+def _conversation(conversation_id: str) -> Conversation:
+    return get_or_404(Conversation, conversation_id, "conversation")
 
 
 async def get_conversation(request: Request) -> JSONResponse:
@@ -214,11 +219,8 @@ async def get_customer(request: Request) -> JSONResponse:
     await _authorize(request, READERS)
 
     def load() -> dict:
-        cid = object_id(request.path_params["id"], "id")
-        doc = Customer.objects(id=cid).first()
-        if doc is None:
-            raise NotFound(f"no customer {cid}", code="unknown_customer")
-        return serialize.customer(doc, list(Identity.objects(customer_id=cid)))
+        doc = get_or_404(Customer, request.path_params["id"], "customer")
+        return serialize.customer(doc, list(Identity.objects(customer_id=doc.id)))
 
     return JSONResponse(await run_in_threadpool(load))
 

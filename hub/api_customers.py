@@ -13,7 +13,16 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from hub import handoff, serialize
-from hub.api import READERS, _authorize, _hub, json_body, object_id, page_params, paged
+from hub.api import (
+    READERS,
+    _authorize,
+    _hub,
+    get_or_404,
+    json_body,
+    object_id,
+    page_params,
+    paged,
+)
 from hub.errors import BadRequest, Conflict, HubError, NotFound
 from hub.merging import merged
 from hub.models import Message
@@ -42,10 +51,7 @@ ATTRIBUTE_KEY = re.compile(r"^[^.$\x00]{1,64}$")
 
 
 def _customer(customer_id: str) -> Customer:
-    doc = Customer.objects(id=object_id(customer_id, "id")).first()
-    if doc is None:
-        raise NotFound(f"no customer {customer_id}", code="unknown_customer")
-    return doc
+    return get_or_404(Customer, customer_id, "customer")
 
 
 def _actor(request: Request, role: str) -> str:
@@ -471,10 +477,7 @@ async def list_segments(request: Request) -> JSONResponse:
 
 
 def _segment(segment_id: str) -> Segment:
-    found = Segment.objects(id=object_id(segment_id, "id")).first()
-    if found is None:
-        raise NotFound(f"no segment {segment_id}", code="unknown_segment")
-    return found
+    return get_or_404(Segment, segment_id, "segment")
 
 
 async def export_segment(request: Request) -> StreamingResponse:
