@@ -173,3 +173,41 @@ def test_mobile_handoff_example_runs_against_serve(tmp_path):
     finally:
         serve.send_signal(signal.SIGINT)
         serve.wait(30)
+
+
+def test_web_without_worker_and_a_separate_worker_process(tmp_path, fake_http):
+    """Production shape: `serve --no-worker` queues, `omnihub worker` delivers."""
+    port = free_port()
+    (tmp_path / "omnihub.toml").write_text(
+        f'[[accounts]]\nadapter = "app"\nname = "mobile"\nsecret = "secret-of-the-app-0123"\n'
+        f'callback_url = "{fake_http.url}/callback"\n')
+    env = {**os.environ, "OMNIHUB_LOG_LEVEL": "WARNING"}
+    with (tmp_path / "serve.log").open("w") as log:
+        serve = subprocess.Popen(OMNIHUB + ["serve", "--port", str(port), "--no-worker"],
+                                 cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        key = run(["keys", "create", "--role", "agent"], tmp_path).stdout.strip().splitlines()[-1]
+        body = json.dumps({"user_id": "u-w", "message_id": "w-1", "text": "hi"}).encode()
+        httpx.post(f"{base}/webhooks/app/mobile", content=body,
+                   headers=signed_headers("secret-of-the-app-0123", body)).raise_for_status()
+        auth = {"Authorization": f"Bearer {key}"}
+        conv = httpx.get(f"{base}/v1/conversations", headers=auth).json()["items"][0]
+        r = httpx.post(f"{base}/v1/messages", headers=auth,
+                       json={"conversation_id": conv["id"], "text": "由独立 worker 发送"})
+        assert r.status_code == 202
+        time.sleep(1)
+        assert fake_http.requests == []  # nothing delivers without a worker
+        out = run(["worker", "--burst"], tmp_path, env={"OMNIHUB_LOG_LEVEL": "WARNING"})
+        assert out.returncode == 0, out.stderr
+        assert [q.json()["text"] for q in fake_http.requests] == ["由独立 worker 发送"]
+    finally:
+        serve.send_signal(signal.SIGINT)
+        serve.wait(30)
