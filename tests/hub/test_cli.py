@@ -45,10 +45,36 @@ def test_invalid_config_stops_start_up_naming_account_and_field(tmp_path):
     assert out.returncode == 2 and "admin, agent, marketer, app" in out.stderr
 
 
+def start_serve(cwd: Path, args: list[str], env: dict,
+                port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """`omnihub serve` in its own process; returns it and its base URL once it is ready."""
+    port = port or free_port()
+    log = cwd / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(OMNIHUB + ["serve", "--port", str(port), *args], cwd=cwd,
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz").status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    pytest.fail(f"serve did not become ready: {log.read_text()}")
+
+
+def stop_serve(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+
+
 @pytest.fixture
 def served(tmp_path, fake_http):
     """`omnihub serve` in its own process, with no database or Redis configured."""
-    port = free_port()
     (tmp_path / "omnihub.toml").write_text(f"""
 [[accounts]]
 adapter = "app"
@@ -63,26 +89,9 @@ token = "echo-token-0123456789"
 outbox_url = "{fake_http.url}/outbox"
 """)
     env = {**os.environ, "APP_SECRET": "secret-of-the-app-0123", "OMNIHUB_LOG_LEVEL": "WARNING"}
-    log = tmp_path / "serve.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(OMNIHUB + ["serve", "--port", str(port)], cwd=tmp_path, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz").status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"serve did not become ready: {log.read_text()}")
+    proc, base = start_serve(tmp_path, [], env)
     yield base, tmp_path, proc
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(30)
+    stop_serve(proc)
 
 
 def test_serve_with_embedded_servers_end_to_end(served, fake_http):
@@ -151,49 +160,27 @@ def test_mobile_handoff_example_runs_against_serve(tmp_path):
     config.write_text((root / "examples" / "mobile_handoff.toml").read_text().replace(
         "http://127.0.0.1:8000", f"http://127.0.0.1:{port}"))
     env = {**os.environ, "OMNIHUB_LOG_LEVEL": "WARNING"}
-    with (tmp_path / "serve.log").open("w") as log:
-        serve = subprocess.Popen(OMNIHUB + ["serve", "--port", str(port), "--config",
-                                            str(config)], cwd=tmp_path, env=env, stdout=log,
-                                 stderr=subprocess.STDOUT)
+    serve, base = start_serve(tmp_path, ["--config", str(config)], env, port)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         out = subprocess.run([sys.executable, str(root / "examples" / "mobile_handoff.py"),
-                              "--hub", f"http://127.0.0.1:{port}", "--config", str(config)],
+                              "--hub", base, "--config", str(config)],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert "where they stopped: screen=loan_application step=3 error=E1024" in out.stdout
         assert "channels: app, sms, wechat" in out.stdout
         assert "handoff_resolved" in out.stdout
     finally:
-        serve.send_signal(signal.SIGINT)
-        serve.wait(30)
+        stop_serve(serve)
 
 
 def test_web_without_worker_and_a_separate_worker_process(tmp_path, fake_http):
     """Production shape: `serve --no-worker` queues, `omnihub worker` delivers."""
-    port = free_port()
     (tmp_path / "omnihub.toml").write_text(
         f'[[accounts]]\nadapter = "app"\nname = "mobile"\nsecret = "secret-of-the-app-0123"\n'
         f'callback_url = "{fake_http.url}/callback"\n')
     env = {**os.environ, "OMNIHUB_LOG_LEVEL": "WARNING"}
-    with (tmp_path / "serve.log").open("w") as log:
-        serve = subprocess.Popen(OMNIHUB + ["serve", "--port", str(port), "--no-worker"],
-                                 cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    serve, base = start_serve(tmp_path, ["--no-worker"], env)
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         key = run(["keys", "create", "--role", "agent"], tmp_path).stdout.strip().splitlines()[-1]
         body = json.dumps({"user_id": "u-w", "message_id": "w-1", "text": "hi"}).encode()
         httpx.post(f"{base}/webhooks/app/mobile", content=body,
@@ -209,5 +196,4 @@ def test_web_without_worker_and_a_separate_worker_process(tmp_path, fake_http):
         assert out.returncode == 0, out.stderr
         assert [q.json()["text"] for q in fake_http.requests] == ["由独立 worker 发送"]
     finally:
-        serve.send_signal(signal.SIGINT)
-        serve.wait(30)
+        stop_serve(serve)
